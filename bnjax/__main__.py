@@ -1,0 +1,3 @@
+from bnjax.cli import run
+
+run()

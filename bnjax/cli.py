@@ -1,0 +1,87 @@
+"""The `bnjax` command: parses flags and dispatches; the work lives in the modules below it.
+
+    bnjax train   --config=configs/cifar10.py --workdir=DIR [--config.FIELD=VALUE ...]
+    bnjax summary --config=configs/cifar10.py[:MODEL]
+
+Wrong input (a bad flag, config field or dataset) prints one clear line and exits with status 2.
+"""
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from bnjax.errors import BnjaxError
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file, e.g. configs/cifar10.py or "
+    "configs/cifar10.py:cifar_resnet_110; override any field with --config.FIELD=VALUE.",
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run folder: logs, TensorBoard, metrics.json.")
+
+USAGE = __doc__.split("\n\n")[1]
+EXIT_USAGE = 2
+
+
+def _fail(message: str) -> None:
+    print(f"bnjax: error: {message}", file=sys.stderr)
+    sys.exit(EXIT_USAGE)
+
+
+def _require_flag(value, name: str, example: str):
+    if value is None:
+        _fail(f"--{name} is required, e.g. {example}")
+    return value
+
+
+def _config():
+    config = _require_flag(_CONFIG.value, "config", "--config=configs/cifar10.py")
+    try:
+        config.keys()  # config_flags reports a config file that failed to load on first use
+    except OSError as error:
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        _fail(f"--config: {lines[-1]} (give a file such as configs/cifar10.py)")
+    return config
+
+
+def cmd_train() -> None:
+    from bnjax import train  # imports jax: keep `bnjax --help` and flag errors instant
+
+    workdir = _require_flag(_WORKDIR.value, "workdir", "--workdir=runs/resnet20_bn")
+    train.train_and_evaluate(_config(), workdir)
+
+
+def cmd_summary() -> None:
+    from bnjax import summary
+
+    print(summary.render(_config()))
+
+
+COMMANDS = {"train": cmd_train, "summary": cmd_summary}
+
+
+def parse_flags(argv):
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as error:
+        _fail(f"{error}\n(see `bnjax --helpfull` for every flag)")
+    except (AttributeError, KeyError) as error:  # config_flags: a --config.FIELD that isn't one
+        overrides = [a.split("=")[0] for a in argv if a.startswith("--config.")]
+        text = str(error)
+        hint = text[text.index("Did you mean"):].rstrip("'\"") if "Did you mean" in text else ""
+        _fail(f"unknown config field in {' '.join(overrides)}. {hint}")
+
+
+def main(argv) -> None:
+    if len(argv) != 2 or argv[1] not in COMMANDS:
+        _fail(f"expected one command of {', '.join(COMMANDS)}; usage:\n{USAGE}")
+    logging.set_verbosity(logging.INFO)
+    try:
+        COMMANDS[argv[1]]()
+    except BnjaxError as error:
+        _fail(str(error))
+
+
+def run() -> None:
+    app.run(main, flags_parser=parse_flags)

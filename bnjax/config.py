@@ -1,0 +1,151 @@
+"""The config schema, its defaults, and validation that runs before any work starts.
+
+Every experiment is one ml_collections ConfigDict. `base_config()` is the schema: a config file
+(configs/*.py) starts from it and overrides fields, and `validate()` rejects any field the schema
+does not know, any value out of range, and names the field, the value and what is accepted.
+"""
+from __future__ import annotations
+
+import difflib
+import os
+
+import ml_collections
+
+from bnjax.models import registry
+from bnjax.errors import ConfigError
+from bnjax.models.init import BN_INITIALIZERS
+from bnjax.partition import MODE_ROLES
+
+MODES = tuple(MODE_ROLES)
+BN_INITS = tuple(BN_INITIALIZERS)
+DTYPES = ("float32", "bfloat16")
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """The schema and the paper's CIFAR-10 recipe (open_lth defaults)."""
+    config = ml_collections.ConfigDict()
+    config.seed = 0  # the frozen weights, the BN init and the data order are all functions of it
+
+    config.model = ml_collections.ConfigDict()
+    config.model.name = "cifar_resnet_20"  # open_lth names: cifar_resnet_D[_W]
+    config.model.bn_init = "uniform"  # gamma ~ U[0,1), beta = 0
+    config.model.dtype = "float32"  # compute dtype; parameters and BN statistics stay float32
+
+    config.data = ml_collections.ConfigDict()
+    # A tensorflow-datasets name (cifar10, cifar100) or a path to an image folder / .tar(.gz).
+    config.data.source = "cifar10"
+    config.data.tfds_data_dir = ""  # tfds data_dir; '' means tfds' default (~/tensorflow_datasets)
+    config.data.tfds_download = True  # let tfds download and prepare the set if it is missing
+    config.data.cache_dir = ""  # decoded uint8 cache for image folders; '' = ~/.cache/bnjax
+    config.data.train_split = "train"
+    config.data.eval_split = "test"
+
+    config.train = ml_collections.ConfigDict()
+    config.train.mode = "bn"  # which parameters learn; see bnjax.partition.MODES
+    config.train.epochs = 160
+    config.train.batch_size = 128
+    config.train.lr = 0.1
+    config.train.momentum = 0.9
+    config.train.nesterov = False
+    config.train.weight_decay = 1e-4  # on trainable parameters only, gamma and beta included
+    config.train.lr_milestones = (80, 120)  # epochs at which lr is multiplied by lr_drop
+    config.train.lr_drop = 0.1
+    config.train.warmup_epochs = 0  # linear warm-up from 0 (the ImageNet recipe uses 5)
+
+    config.eval = ml_collections.ConfigDict()
+    config.eval.batch_size = 1000
+    config.eval.every_epochs = 1
+
+    config.log = ml_collections.ConfigDict()
+    config.log.every_steps = 50
+    return config
+
+
+def _flat_items(config, prefix=""):
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, ml_collections.ConfigDict):
+            yield from _flat_items(value, name + ".")
+        else:
+            yield name, value
+
+
+def _check_known_fields(config) -> None:
+    known = dict(_flat_items(base_config()))
+    known_groups = {name.rsplit(".", 1)[0] for name in known if "." in name}
+    for name, _ in _flat_items(config):
+        if name in known:
+            continue
+        candidates = list(known) + sorted(known_groups)
+        close = difflib.get_close_matches(name, candidates, n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(f"config field '{name}' is not a bnjax setting.{hint} "
+                          "`bnjax summary --config=...` runs validation; bnjax.config.base_config() "
+                          "lists every field.")
+
+
+def _require(ok: bool, field: str, value, accepted: str) -> None:
+    if not ok:
+        raise ConfigError(f"config field '{field}' = {value!r} is invalid: {accepted}.")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def looks_like_path(source: str) -> bool:
+    """A data source is a path (image folder or archive) rather than a tfds dataset name."""
+    return os.sep in source or source.startswith(".") or source.endswith(
+        (".tar", ".tar.gz", ".tgz")) or os.path.exists(source)
+
+
+def validate(config) -> None:
+    """Raise ConfigError for the first field that is wrong. Touches no file but data.source."""
+    _check_known_fields(config)
+    _require(isinstance(config.seed, int) and not isinstance(config.seed, bool)
+             and 0 <= config.seed < 2**31, "seed", config.seed, "an integer in [0, 2**31)")
+    try:
+        registry.parse_name(config.model.name)
+    except ValueError as error:
+        raise ConfigError(f"config field 'model.name' = {config.model.name!r} is invalid: {error}") \
+            from None
+    _require(config.model.bn_init in BN_INITS, "model.bn_init", config.model.bn_init,
+             f"accepted: {', '.join(BN_INITS)}")
+    _require(config.model.dtype in DTYPES, "model.dtype", config.model.dtype,
+             f"accepted: {', '.join(DTYPES)}")
+
+    train = config.train
+    _require(train.mode in MODES, "train.mode", train.mode, f"accepted: {', '.join(MODES)}")
+    _require(isinstance(train.epochs, int) and 1 <= train.epochs <= 100_000, "train.epochs",
+             train.epochs, "an integer from 1 to 100000")
+    _require(isinstance(train.batch_size, int) and 1 <= train.batch_size <= 1 << 20,
+             "train.batch_size", train.batch_size, "a positive integer")
+    _require(_is_number(train.lr) and 0 < train.lr <= 100, "train.lr", train.lr,
+             "a number in (0, 100]")
+    _require(_is_number(train.momentum) and 0 <= train.momentum < 1, "train.momentum",
+             train.momentum, "a number in [0, 1)")
+    _require(_is_number(train.weight_decay) and 0 <= train.weight_decay < 1,
+             "train.weight_decay", train.weight_decay, "a number in [0, 1)")
+    _require(_is_number(train.lr_drop) and 0 < train.lr_drop <= 1, "train.lr_drop",
+             train.lr_drop, "a number in (0, 1]")
+    milestones = tuple(train.lr_milestones)
+    _require(all(isinstance(m, int) and m > 0 for m in milestones)
+             and list(milestones) == sorted(set(milestones)), "train.lr_milestones",
+             train.lr_milestones, "increasing positive epoch numbers, e.g. (80, 120)")
+    _require(isinstance(train.warmup_epochs, int) and 0 <= train.warmup_epochs < train.epochs,
+             "train.warmup_epochs", train.warmup_epochs, "an integer in [0, train.epochs)")
+    _require(isinstance(config.eval.batch_size, int) and config.eval.batch_size >= 1,
+             "eval.batch_size", config.eval.batch_size, "a positive integer")
+    _require(isinstance(config.eval.every_epochs, int) and config.eval.every_epochs >= 1,
+             "eval.every_epochs", config.eval.every_epochs, "a positive integer")
+    _require(isinstance(config.log.every_steps, int) and config.log.every_steps >= 1,
+             "log.every_steps", config.log.every_steps, "a positive integer")
+
+    source = config.data.source
+    _require(isinstance(source, str) and source != "", "data.source", source,
+             "a tensorflow-datasets name such as 'cifar10' or a path to an image folder or "
+             ".tar/.tar.gz archive")
+    if looks_like_path(source):
+        _require(os.path.exists(source), "data.source", source,
+                 "no such file or folder; point it at an image folder or archive "
+                 "(e.g. --config.data.source=../shared/data/cifar10-jpeg.tar.gz)")

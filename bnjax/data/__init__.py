@@ -1,0 +1,27 @@
+"""Data: sources (tensorflow-datasets, image folders and archives) -> in-memory uint8 splits,
+batch order by (seed, epoch), and augmentation inside the jitted step."""
+import os
+
+from bnjax.config import looks_like_path
+from bnjax.data.dataset import Dataset
+from bnjax.data.image_folder import load_image_folder
+from bnjax.data.tfds_source import load_tfds
+
+
+def default_cache_dir() -> str:
+    return os.path.join(os.path.expanduser("~"), ".cache", "bnjax")
+
+
+def load_splits(data_config) -> tuple[Dataset, Dataset]:
+    """(train, eval) splits for `config.data`; DataError with a fix if they cannot be read."""
+    splits = (data_config.train_split, data_config.eval_split)
+    if looks_like_path(data_config.source):
+        loaded = load_image_folder(data_config.source, splits,
+                                   data_config.cache_dir or default_cache_dir())
+    else:
+        loaded = load_tfds(data_config.source, splits, data_config.tfds_data_dir,
+                           data_config.tfds_download)
+    return loaded[data_config.train_split], loaded[data_config.eval_split]
+
+
+__all__ = ["Dataset", "load_splits"]

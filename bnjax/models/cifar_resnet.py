@@ -1,0 +1,68 @@
+"""The CIFAR ResNet of He et al. (2016) as open_lth builds it (paper Table 1).
+
+3x3 stem conv (W filters) + BN + ReLU; three stages of D basic blocks with W, 2W, 4W filters,
+stride 2 at the start of stages 2 and 3; a 1x1 conv + BN shortcut where the shape changes;
+global average pool; dense output with bias. Depth = 6D + 2; convolutions have no bias.
+Padding is explicit (1 on each side) so strided convolutions match PyTorch exactly.
+"""
+import functools
+from typing import Any
+
+import jax.numpy as jnp
+from flax import linen as nn
+
+from bnjax.models.init import BN_INITIALIZERS, kaiming_normal, torch_linear_bias
+
+# PyTorch BatchNorm2d defaults: momentum 0.1 (Flax counts the other way: 0.9), eps 1e-5.
+BN_MOMENTUM = 0.9
+BN_EPSILON = 1e-5
+
+
+class BasicBlock(nn.Module):
+    features: int
+    stride: int
+    conv: Any
+    norm: Any
+
+    @nn.compact
+    def __call__(self, x):
+        y = self.conv(self.features, (3, 3), (self.stride, self.stride),
+                      padding=((1, 1), (1, 1)), name="conv1")(x)
+        y = nn.relu(self.norm(name="bn1")(y))
+        y = self.conv(self.features, (3, 3), padding=((1, 1), (1, 1)), name="conv2")(y)
+        y = self.norm(name="bn2")(y)
+        if self.stride != 1 or x.shape[-1] != self.features:
+            x = self.conv(self.features, (1, 1), (self.stride, self.stride), padding="VALID",
+                          name="shortcut_conv")(x)
+            x = self.norm(name="shortcut_bn")(x)
+        return nn.relu(x + y)
+
+
+class CifarResNet(nn.Module):
+    blocks_per_stage: int
+    width: int = 16
+    num_classes: int = 10
+    bn_init: str = "uniform"
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        gamma_init, beta_init = BN_INITIALIZERS[self.bn_init]
+        conv = functools.partial(nn.Conv, use_bias=False, kernel_init=kaiming_normal,
+                                 dtype=self.dtype)
+        norm = functools.partial(nn.BatchNorm, use_running_average=not train,
+                                 momentum=BN_MOMENTUM, epsilon=BN_EPSILON, dtype=self.dtype,
+                                 scale_init=gamma_init, bias_init=beta_init)
+        x = x.astype(self.dtype)
+        x = conv(self.width, (3, 3), padding=((1, 1), (1, 1)), name="conv")(x)
+        x = nn.relu(norm(name="bn")(x))
+        for stage, features in enumerate((self.width, 2 * self.width, 4 * self.width)):
+            for block in range(self.blocks_per_stage):
+                stride = 2 if stage > 0 and block == 0 else 1
+                x = BasicBlock(features, stride, conv, norm,
+                               name=f"stage{stage + 1}_block{block}")(x)
+        x = jnp.mean(x, axis=(1, 2))
+        fan_in = x.shape[-1]
+        x = nn.Dense(self.num_classes, kernel_init=kaiming_normal,
+                     bias_init=torch_linear_bias(fan_in), dtype=self.dtype, name="fc")(x)
+        return x.astype(jnp.float32)

@@ -1,0 +1,39 @@
+"""Models by open_lth name: cifar_resnet_D (width 16) and cifar_resnet_D_W."""
+import dataclasses
+
+import jax.numpy as jnp
+
+from bnjax.models.cifar_resnet import CifarResNet
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    family: str
+    depth: int
+    width: int
+    image_size: int
+
+
+def parse_name(name: str) -> ModelSpec:
+    """Parse an open_lth model name; raise ValueError saying what a valid name looks like."""
+    parts = str(name).split("_")
+    if len(parts) in (3, 4) and parts[:2] == ["cifar", "resnet"]:
+        if not all(p.isdigit() and int(p) > 0 for p in parts[2:]):
+            raise ValueError(f"'{name}': depth and width must be positive integers, "
+                             "as in cifar_resnet_20 or cifar_resnet_14_64")
+        depth = int(parts[2])
+        width = int(parts[3]) if len(parts) == 4 else 16
+        if depth < 8 or (depth - 2) % 6:
+            raise ValueError(f"depth {depth} is not of the form 6n+2 with n >= 1 "
+                             "(valid: 8, 14, 20, 32, 56, 110, ...)")
+        return ModelSpec("cifar_resnet", depth, width, 32)
+    raise ValueError(f"unknown model '{name}'; use cifar_resnet_D or cifar_resnet_D_W "
+                     "(D = 6n+2, e.g. cifar_resnet_20, cifar_resnet_110, cifar_resnet_14_512)")
+
+
+def build_model(model_config, num_classes: int):
+    """The Flax module for `config.model` (name, bn_init, dtype)."""
+    spec = parse_name(model_config.name)
+    return CifarResNet(blocks_per_stage=(spec.depth - 2) // 6, width=spec.width,
+                       num_classes=num_classes, bn_init=model_config.bn_init,
+                       dtype=jnp.dtype(model_config.dtype))

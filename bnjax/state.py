@@ -1,0 +1,105 @@
+"""Model init from one seed, the trainable/frozen split, the optimizer, and the train state.
+
+The frozen weights are a pure function of (seed, model config, PRNG settings): they are rebuilt
+from the seed and never stored. `TrainState` holds only what training changes: the trainable
+leaves, the BatchNorm running statistics, the optimizer state (which exists for trainable leaves
+only) and the step.
+"""
+from __future__ import annotations
+
+import hashlib
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import traverse_util
+
+from bnjax import partition
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    trainable: dict
+    batch_stats: dict
+    opt_state: optax.OptState
+
+
+def model_key(seed: int) -> jax.Array:
+    return jax.random.fold_in(jax.random.key(seed), 0)
+
+
+def augment_key(seed: int) -> jax.Array:
+    return jax.random.fold_in(jax.random.key(seed), 1)
+
+
+def _init_fn(model, image_shape):
+    def init(key):
+        return model.init(key, jnp.zeros((1,) + tuple(image_shape), jnp.float32), train=False)
+
+    return init
+
+
+def init_variables(model, seed: int, image_shape) -> dict:
+    """Every initial weight and BN statistic, from the seed alone.
+
+    Always computed by the same jitted program on the CPU, whatever the accelerator: random
+    draws go through float functions (erfinv, scaling) whose last bits can differ between
+    backends and between jit and eager, and the frozen weights must be bit-identical everywhere.
+    """
+    with jax.default_device(jax.devices("cpu")[0]):
+        return jax.jit(_init_fn(model, image_shape))(model_key(seed))
+
+
+def variable_shapes(model, image_shape) -> dict:
+    """The variable tree's shapes and dtypes, without allocating (for summaries of huge models)."""
+    return jax.eval_shape(_init_fn(model, image_shape), model_key(0))
+
+
+def weights_checksum(tree) -> str:
+    """sha256 over every leaf's path, dtype, shape and bytes, in path order."""
+    digest = hashlib.sha256()
+    for path, leaf in sorted(traverse_util.flatten_dict(tree, sep="/").items()):
+        array = np.asarray(jax.device_get(leaf))
+        digest.update(f"{path}|{array.dtype}|{array.shape}|".encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+def learning_rate_schedule(train_config, steps_per_epoch: int) -> optax.Schedule:
+    """lr, times lr_drop at each milestone epoch, after an optional linear warm-up."""
+    boundaries = {int(epoch * steps_per_epoch): train_config.lr_drop
+                  for epoch in train_config.lr_milestones}
+    schedule = optax.piecewise_constant_schedule(train_config.lr, boundaries)
+    warmup_steps = train_config.warmup_epochs * steps_per_epoch
+    if not warmup_steps:
+        return schedule
+    warmup = optax.linear_schedule(0.0, train_config.lr, warmup_steps)
+    return optax.join_schedules([warmup, lambda step: schedule(step + warmup_steps)],
+                                [warmup_steps])
+
+
+def make_optimizer(train_config, labels, schedule) -> optax.GradientTransformation:
+    """SGD with momentum and weight decay on trainable leaves; frozen leaves get nothing.
+
+    optax.multi_transform keeps optimizer state only for the 'trainable' partition.
+    """
+    learner = optax.chain(
+        optax.add_decayed_weights(train_config.weight_decay),
+        optax.sgd(schedule, momentum=train_config.momentum or None,
+                  nesterov=train_config.nesterov),
+    )
+    return optax.multi_transform(
+        {partition.TRAINABLE: learner, partition.FROZEN: optax.set_to_zero()}, labels)
+
+
+def create_train_state(variables, labels, optimizer) -> tuple[TrainState, dict]:
+    """(state, frozen weights) from freshly initialised variables."""
+    params = variables["params"]
+    trainable, frozen = partition.split(params, labels)
+    state = TrainState(step=jnp.asarray(0, jnp.int32), trainable=trainable,
+                       batch_stats=variables.get("batch_stats", {}),
+                       opt_state=optimizer.init(params))
+    return state, frozen

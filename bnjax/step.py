@@ -1,0 +1,97 @@
+"""The jitted train and eval steps, and how their inputs are placed on a device mesh.
+
+The train step differentiates the loss with respect to the trainable subtree only; the frozen
+weights enter as a plain argument, so no weight-gradient work is done for them. The optimizer is
+the multi_transform over the whole parameter tree (frozen gradient slots are constant zeros that
+set_to_zero never reads and XLA removes), and only the trainable part of its update is applied,
+so frozen weights are passed through untouched: bit-identical for the whole run.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from bnjax import partition
+from bnjax.data.augment import normalize, random_crop_flip
+from bnjax.data.batches import eval_batches
+from bnjax.state import TrainState
+
+
+def make_mesh() -> Mesh:
+    """All devices on one 'data' axis: batches are split across it, everything else replicated."""
+    return Mesh(np.array(jax.devices()), ("data",))
+
+
+def replicate(tree, mesh: Mesh):
+    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
+
+
+def shard_batch(arrays, mesh: Mesh):
+    return jax.device_put(arrays, NamedSharding(mesh, PartitionSpec("data")))
+
+
+def _cross_entropy(logits, targets):
+    return optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+
+
+def make_train_step(model, optimizer, labels, schedule):
+    """train_step(state, frozen, images_uint8, targets, augment_key) -> (state, metrics)."""
+
+    def train_step(state: TrainState, frozen, images, targets, augment_key):
+        inputs = normalize(random_crop_flip(jax.random.fold_in(augment_key, state.step), images))
+
+        def loss_fn(trainable):
+            variables = {"params": partition.merge(trainable, frozen),
+                         "batch_stats": state.batch_stats}
+            logits, updated = model.apply(variables, inputs, train=True, mutable=["batch_stats"])
+            return _cross_entropy(logits, targets).mean(), (logits, updated["batch_stats"])
+
+        (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.trainable)
+        params = partition.merge(state.trainable, frozen)
+        all_grads = partition.merge(grads, jax.tree.map(jnp.zeros_like, frozen))
+        updates, opt_state = optimizer.update(all_grads, state.opt_state, params)
+        trainable_updates, _ = partition.split(updates, labels)
+        new_state = state.replace(step=state.step + 1,
+                                  trainable=optax.apply_updates(state.trainable, trainable_updates),
+                                  batch_stats=batch_stats, opt_state=opt_state)
+        metrics = {"loss": loss,
+                   "accuracy": jnp.mean(jnp.argmax(logits, -1) == targets),
+                   "lr": schedule(state.step)}
+        return new_state, metrics
+
+    return jax.jit(train_step, donate_argnums=(0,))
+
+
+def make_eval_step(model):
+    """eval_step(trainable, frozen, batch_stats, images_uint8, targets, weights) -> sums.
+
+    BatchNorm uses its running averages (train=False); padded examples have weight 0.
+    """
+
+    def eval_step(trainable, frozen, batch_stats, images, targets, weights):
+        variables = {"params": partition.merge(trainable, frozen), "batch_stats": batch_stats}
+        logits = model.apply(variables, normalize(images), train=False)
+        correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
+        return {"loss_sum": jnp.sum(_cross_entropy(logits, targets) * weights),
+                "correct": jnp.sum(correct * weights),
+                "count": jnp.sum(weights)}
+
+    return jax.jit(eval_step)
+
+
+def evaluate(eval_step, mesh, state: TrainState, frozen, data, batch_size: int) -> dict:
+    """Test loss and accuracy over the whole split."""
+    # At most batch_size, no more than the split needs, and a multiple of the device count.
+    batch_size = -(-min(batch_size, len(data)) // mesh.size) * mesh.size
+    totals = None
+    for images, targets, weights in eval_batches(data, batch_size):
+        sums = eval_step(state.trainable, frozen, state.batch_stats,
+                         *shard_batch((images, targets, weights), mesh))
+        totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+    totals = jax.device_get(totals)
+    return {"loss": float(totals["loss_sum"] / totals["count"]),
+            "accuracy": float(totals["correct"] / totals["count"])}

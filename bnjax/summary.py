@@ -1,0 +1,37 @@
+"""`bnjax summary`: parameter counts of the configured model, in total and per training mode."""
+from __future__ import annotations
+
+from bnjax import config as config_lib
+from bnjax import partition
+from bnjax.models import build_model, parse_name
+from bnjax.state import variable_shapes
+
+KNOWN_CLASS_COUNTS = {"cifar100": 100}
+
+
+def class_count(data_config) -> int:
+    """Classes without reading data: 100 for CIFAR-100, else CIFAR-10's 10."""
+    return KNOWN_CLASS_COUNTS.get(data_config.source, 10)
+
+
+def counts(config) -> dict:
+    """{'total': n, 'bn': n, 'modes': {mode: trainable count}} for the configured model."""
+    spec = parse_name(config.model.name)
+    model = build_model(config.model, class_count(config.data))
+    params = variable_shapes(model, (spec.image_size, spec.image_size, 3))["params"]
+    modes = {mode: partition.count(partition.split(params, partition.param_labels(params, mode))[0])
+             for mode in config_lib.MODES}
+    return {"total": partition.count(params), "bn": modes["bn"], "modes": modes}
+
+
+def render(config) -> str:
+    config_lib.validate(config)
+    result = counts(config)
+    lines = [f"model {config.model.name} ({class_count(config.data)} classes)",
+             f"total parameters       {result['total']:>13,}",
+             f"BatchNorm parameters   {result['bn']:>13,}  (gamma and beta)",
+             "trainable parameters by train.mode:"]
+    for mode, n in result["modes"].items():
+        marker = "  <- configured" if mode == config.train.mode else ""
+        lines.append(f"  {mode:<20} {n:>13,}  ({100.0 * n / result['total']:.3f}%){marker}")
+    return "\n".join(lines)

@@ -1,0 +1,51 @@
+"""Shared fixtures: tiny configs and tiny generated image folders (tests never download)."""
+import os
+import tarfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bnjax.config import base_config
+
+CLASSES = ("cat", "dog", "frog")
+
+
+def write_image_folder(root, train_per_class=8, test_per_class=4, size=32, seed=0):
+    """<root>/{train,test}/<class>/NNNN.png with a class-dependent colour, so it is learnable."""
+    rng = np.random.default_rng(seed)
+    for split, count in (("train", train_per_class), ("test", test_per_class)):
+        for label, name in enumerate(CLASSES):
+            folder = os.path.join(root, split, name)
+            os.makedirs(folder, exist_ok=True)
+            for i in range(count):
+                pixels = rng.integers(0, 80, (size, size, 3))
+                pixels[..., label] += 150
+                Image.fromarray(pixels.astype(np.uint8)).save(os.path.join(folder, f"{i:04d}.png"))
+    return root
+
+
+def tar_folder(folder, archive):
+    with tarfile.open(archive, "w:gz") as tar:
+        for split in ("train", "test"):
+            tar.add(os.path.join(folder, split), arcname=split)
+    return archive
+
+
+@pytest.fixture(scope="session")
+def image_folder(tmp_path_factory):
+    return write_image_folder(str(tmp_path_factory.mktemp("images")))
+
+
+@pytest.fixture()
+def tiny_config(image_folder, tmp_path):
+    config = base_config()
+    config.model.name = "cifar_resnet_8_4"
+    config.data.source = image_folder
+    config.data.cache_dir = str(tmp_path / "cache")
+    config.train.epochs = 2
+    config.train.batch_size = 8
+    config.train.lr_milestones = (1,)
+    config.eval.batch_size = 8
+    config.log.every_steps = 1
+    return config

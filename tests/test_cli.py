@@ -1,0 +1,63 @@
+"""The `bnjax` command as a user runs it: a subprocess, its exit status, its messages."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CIFAR10 = os.path.join(REPO, "configs", "cifar10.py")
+
+
+def bnjax(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "bnjax", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("--config.train.epocs=1", 'Did you mean "epochs"'),
+    ("--config.model.name=cifar_resnet_15", "depth 15 is not of the form 6n+2"),
+    ("--config.train.mode=bnn", "'train.mode' = 'bnn' is invalid: accepted: all, bn"),
+    ("--config.train.lr=-1", "'train.lr' = -1"),
+    ("--config.data.source=/no/such/archive.tar.gz", "no such file or folder"),
+])
+def test_bad_config_is_rejected_before_anything_is_written(tmp_path, override, message):
+    workdir = tmp_path / "run"
+    result = bnjax("train", f"--config={CIFAR10}", f"--workdir={workdir}", override)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not workdir.exists()
+
+
+def test_unknown_field_in_a_config_file_is_rejected(tmp_path):
+    config_file = tmp_path / "mine.py"
+    config_file.write_text("from bnjax.config import base_config\n"
+                           "def get_config():\n"
+                           "    c = base_config()\n"
+                           "    c.train.epoch = 3\n"
+                           "    return c\n")
+    result = bnjax("summary", f"--config={config_file}")
+    assert result.returncode == 2
+    assert "'train.epoch' is not a bnjax setting. Did you mean 'train.epochs'?" in \
+        result.stderr
+
+
+def test_summary_prints_paper_counts():
+    result = bnjax("summary", f"--config={CIFAR10}:cifar_resnet_14")
+    assert result.returncode == 0, result.stderr
+    assert "total parameters             175,258" in result.stdout
+    assert "BatchNorm parameters           1,120" in result.stdout
+
+
+def test_train_command_end_to_end(image_folder, tmp_path):
+    workdir = tmp_path / "run"
+    result = bnjax("train", f"--config={os.path.join(REPO, 'configs', 'smoke.py')}",
+                   f"--workdir={workdir}", f"--config.data.source={image_folder}",
+                   f"--config.data.cache_dir={tmp_path / 'cache'}", "--config.train.epochs=1",
+                   "--config.train.batch_size=12")
+    assert result.returncode == 0, result.stderr
+    assert "test accuracy" in result.stderr
+    metrics = json.loads((workdir / "metrics.json").read_text())
+    assert metrics["model"] == "cifar_resnet_8_4" and metrics["steps"] == 2

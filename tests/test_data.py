@@ -1,0 +1,134 @@
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from bnjax.data import load_splits
+from bnjax.data.augment import IMAGENET_MEAN, IMAGENET_STD, normalize, random_crop_flip
+from bnjax.data.batches import epoch_order, eval_batches, train_batches
+from bnjax.data.dataset import Dataset
+from bnjax.data.image_folder import load_image_folder
+from bnjax.errors import DataError
+from conftest import CLASSES, tar_folder, write_image_folder
+
+
+def test_directory_and_archive_read_the_same(image_folder, tmp_path):
+    archive = tar_folder(image_folder, str(tmp_path / "set.tar.gz"))
+    from_dir = load_image_folder(image_folder, ("train", "test"), str(tmp_path / "c1"))
+    from_tar = load_image_folder(archive, ("train", "test"), str(tmp_path / "c2"))
+    for split, count in (("train", 8), ("test", 4)):
+        assert from_dir[split].images.shape == (count * 3, 32, 32, 3)
+        assert from_dir[split].images.dtype == np.uint8
+        assert from_dir[split].class_names == CLASSES
+        np.testing.assert_array_equal(from_dir[split].images, from_tar[split].images)
+        np.testing.assert_array_equal(from_dir[split].labels, from_tar[split].labels)
+    # the class colour survives decoding: label k has channel k brightest
+    train = from_dir["train"]
+    assert np.all(train.images.mean(axis=(1, 2)).argmax(-1) == train.labels)
+
+
+def test_cache_is_used_and_a_damaged_cache_is_rebuilt(image_folder, tmp_path):
+    cache = str(tmp_path / "cache")
+    first = load_image_folder(image_folder, ("train", "test"), cache)
+    (cached,) = os.listdir(cache)
+    with open(os.path.join(cache, cached), "wb") as f:
+        f.write(b"garbage")
+    again = load_image_folder(image_folder, ("train", "test"), cache)
+    np.testing.assert_array_equal(first["train"].images, again["train"].images)
+
+
+def test_class_lists_must_match_between_splits(tmp_path):
+    root = write_image_folder(str(tmp_path / "d"), 2, 1)
+    os.makedirs(os.path.join(root, "test", "zebra"))
+    from PIL import Image
+    Image.new("RGB", (32, 32)).save(os.path.join(root, "test", "zebra", "0.png"))
+    with pytest.raises(DataError, match="class folders differ"):
+        load_image_folder(root, ("train", "test"), str(tmp_path / "c"))
+
+
+def test_corrupt_image_names_the_file(tmp_path):
+    root = write_image_folder(str(tmp_path / "d"), 2, 1)
+    bad = os.path.join(root, "train", "dog", "0001.png")
+    with open(bad, "wb") as f:
+        f.write(b"\x89PNG not really")
+    with pytest.raises(DataError, match="0001.png.*cannot decode"):
+        load_image_folder(root, ("train", "test"), str(tmp_path / "c"))
+
+
+def test_missing_tfds_dataset_says_how_to_go_offline(tmp_path):
+    config = _data_config("cifar10")
+    config.tfds_data_dir, config.tfds_download = str(tmp_path), False
+    with pytest.raises(DataError, match="cifar10-jpeg.tar.gz"):
+        load_splits(config)
+
+
+def _data_config(source):
+    from bnjax.config import base_config
+    config = base_config().data
+    config.source = source
+    return config
+
+
+def test_tfds_source_offline_with_mock_data():
+    with tfds.testing.mock_data(num_examples=12):
+        train, test = load_splits(_data_config("cifar10"))
+    assert train.images.shape == (12, 32, 32, 3) and train.images.dtype == np.uint8
+    assert train.labels.dtype == np.int32 and train.num_classes == 10
+    assert len(test) == 12
+
+
+def test_random_crop_flip_shapes_ranges_and_determinism():
+    images = jnp.asarray(np.random.default_rng(0).integers(1, 256, (16, 32, 32, 3)), jnp.uint8)
+    key = jax.random.key(0)
+    out = random_crop_flip(key, images)
+    assert out.shape == images.shape and out.dtype == jnp.uint8
+    np.testing.assert_array_equal(out, random_crop_flip(key, images))
+    assert not np.array_equal(out, random_crop_flip(jax.random.key(1), images))
+    # every output pixel is an input pixel or zero padding, and padding is at most 4 wide
+    for original, augmented in zip(np.asarray(images), np.asarray(out)):
+        rows_with_padding = np.all(augmented == 0, axis=(1, 2)).sum()
+        assert rows_with_padding <= 4
+        candidates = [original, original[:, ::-1]]
+        assert any(np.isin(augmented[augmented > 0], c).all() for c in candidates)
+
+
+def test_crop_offsets_cover_all_shifts_and_flip_half():
+    ones = jnp.ones((512, 8, 8, 1), jnp.uint8)
+    out = np.asarray(random_crop_flip(jax.random.key(0), ones))
+    top_padding = (out[:, :, :, 0].sum(axis=2) == 0).argmin(axis=1)
+    assert set(top_padding) == set(range(5))  # shifts of 0..4 padded rows at the top
+    ramp = jnp.tile(jnp.arange(8, dtype=jnp.uint8)[None, None, :, None] + 1, (512, 8, 1, 1))
+    flipped = np.asarray(random_crop_flip(jax.random.key(1), ramp, pad=0))
+    fraction = np.mean(flipped[:, 0, 0, 0] == 8)
+    assert 0.4 < fraction < 0.6
+
+
+def test_normalize_matches_imagenet_statistics():
+    images = jnp.asarray([[[[0, 128, 255]]]], jnp.uint8)
+    out = np.asarray(normalize(images))[0, 0, 0]
+    expected = (np.array([0, 128, 255]) / 255 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
+    np.testing.assert_allclose(out, expected, rtol=1e-6)
+    assert out.dtype == np.float32
+
+
+def test_batches_depend_on_seed_and_epoch_only():
+    data = Dataset(np.arange(20)[:, None, None, None].astype(np.uint8), np.arange(20), ("a",))
+    run = [labels for _, _, labels in train_batches(data, 4, seed=1, start_step=0, end_step=10)]
+    resumed = [labels for _, _, labels in train_batches(data, 4, seed=1, start_step=7,
+                                                        end_step=10)]
+    for a, b in zip(run[7:], resumed):
+        np.testing.assert_array_equal(a, b)
+    first_epoch = np.concatenate(run[:5])
+    assert sorted(first_epoch) == list(range(20))
+    assert not np.array_equal(epoch_order(1, 0, 20), epoch_order(1, 1, 20))
+    assert not np.array_equal(epoch_order(1, 0, 20), epoch_order(2, 0, 20))
+
+
+def test_eval_batches_pad_with_zero_weight():
+    data = Dataset(np.zeros((10, 2, 2, 3), np.uint8), np.arange(10), ("a",))
+    batches = list(eval_batches(data, 4))
+    assert [len(w) for _, _, w in batches] == [4, 4, 4]
+    assert sum(float(w.sum()) for _, _, w in batches) == 10

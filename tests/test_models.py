@@ -1,0 +1,93 @@
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bnjax import partition
+from bnjax.config import base_config
+from bnjax.models import build_model, parse_name
+from bnjax.state import init_variables, weights_checksum
+from bnjax.summary import counts
+
+
+@pytest.mark.parametrize("name,total,bn", [
+    ("cifar_resnet_14", 175_258, 1_120),
+    ("cifar_resnet_20", 272_474, 1_568),
+    ("cifar_resnet_866", 13_979_930, 64_736),
+    ("cifar_resnet_14_512", 177_279_498, 35_840),
+])
+def test_parameter_counts_match_paper_table_1(name, total, bn):
+    config = base_config()
+    config.model.name = name
+    result = counts(config)
+    assert result["total"] == total
+    assert result["bn"] == bn
+    assert result["modes"]["all"] == total
+    assert result["modes"]["none"] == 0
+
+
+def test_trainable_counts_per_mode_resnet20():
+    config = base_config()
+    modes = counts(config)["modes"]
+    output = 64 * 10 + 10
+    shortcut = 16 * 32 + 32 * 64
+    assert modes["bn"] == 1_568
+    assert modes["gamma"] == modes["beta"] == 784
+    assert modes["output"] == output
+    assert modes["bn_output"] == 1_568 + output
+    assert modes["shortcut_output"] == shortcut + output
+    assert modes["bn_shortcut_output"] == 1_568 + shortcut + output
+
+
+@pytest.mark.parametrize("name", ["cifar_resnet_15", "cifar_resnet_2", "cifar_resnet_20_0",
+                                  "resnet_20", "cifar_resnet_x"])
+def test_invalid_names_are_rejected(name):
+    with pytest.raises(ValueError):
+        parse_name(name)
+
+
+def _variables(seed, name="cifar_resnet_8_4", bn_init="uniform"):
+    config = base_config().model
+    config.name, config.bn_init = name, bn_init
+    return init_variables(build_model(config, 10), seed, (32, 32, 3))
+
+
+def test_weights_are_a_pure_function_of_the_seed():
+    first = weights_checksum(_variables(3))
+    assert weights_checksum(_variables(3)) == first
+    assert weights_checksum(_variables(4)) != first
+
+
+def test_initialisers_follow_the_paper():
+    params = _variables(0, name="cifar_resnet_8_16")["params"]
+    gammas = [v for p, v in partition._flat(params).items() if partition.role_of(p) == "gamma"]
+    betas = [v for p, v in partition._flat(params).items() if partition.role_of(p) == "beta"]
+    gamma = np.concatenate([np.asarray(g) for g in gammas])
+    assert gamma.min() >= 0 and gamma.max() < 1 and 0.3 < gamma.mean() < 0.7
+    assert all(np.all(np.asarray(b) == 0) for b in betas)
+    kernel = np.asarray(params["stage3_block0"]["conv2"]["kernel"])  # fan_in = 3*3*64
+    assert kernel.std() == pytest.approx(np.sqrt(2 / (9 * 64)), rel=0.05)
+    bias = np.asarray(params["fc"]["bias"])
+    assert np.all(np.abs(bias) <= 1 / np.sqrt(64))
+
+
+@pytest.mark.parametrize("bn_init,gamma_range,beta_value", [
+    ("fixed", (1, 1), 0), ("oneone", (1, 1), 1), ("positivenegative", (-1, 1), 0)])
+def test_other_batchnorm_inits(bn_init, gamma_range, beta_value):
+    params = _variables(0, bn_init=bn_init)["params"]
+    gamma = np.asarray(params["bn"]["scale"])
+    assert gamma_range[0] <= gamma.min() and gamma.max() <= gamma_range[1]
+    if bn_init == "positivenegative":
+        assert gamma.min() < 0 < gamma.max()
+    assert np.all(np.asarray(params["bn"]["bias"]) == beta_value)
+
+
+def test_forward_gives_float32_logits_per_class():
+    config = base_config().model
+    config.name = "cifar_resnet_8_4"
+    model = build_model(config, 7)
+    variables = init_variables(model, 0, (32, 32, 3))
+    logits = model.apply(variables, jnp.ones((2, 32, 32, 3)), train=False)
+    assert logits.shape == (2, 7) and logits.dtype == jnp.float32
+    assert variables["params"]["stage2_block0"]["conv1"]["kernel"].shape == (3, 3, 4, 8)
+    assert "shortcut_conv" in variables["params"]["stage2_block0"]
+    assert "shortcut_conv" not in variables["params"]["stage1_block0"]

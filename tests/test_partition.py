@@ -1,0 +1,72 @@
+import jax
+import numpy as np
+import pytest
+
+from bnjax import partition
+from bnjax.config import base_config
+from bnjax.models import build_model
+from bnjax.state import (create_train_state, init_variables, learning_rate_schedule,
+                         make_optimizer)
+
+
+@pytest.fixture(scope="module")
+def params():
+    config = base_config().model
+    config.name = "cifar_resnet_8_4"
+    return init_variables(build_model(config, 10), 0, (32, 32, 3))["params"]
+
+
+def test_every_parameter_has_exactly_one_role(params):
+    roles = partition._flat(partition.param_roles(params))
+    assert set(roles.values()) == {"gamma", "beta", "conv", "shortcut", "output"}
+    assert roles["stage2_block0/shortcut_bn/scale"] == "gamma"
+    assert roles["stage2_block0/shortcut_conv/kernel"] == "shortcut"
+    assert roles["fc/bias"] == "output"
+
+
+def test_unknown_parameter_is_an_error_not_a_silent_freeze():
+    with pytest.raises(ValueError, match="exactly one"):
+        partition.role_of("attention/query/kernel")
+
+
+def test_split_then_merge_is_identity(params):
+    labels = partition.param_labels(params, "bn_output")
+    trainable, frozen = partition.split(params, labels)
+    assert partition.count(trainable) + partition.count(frozen) == partition.count(params)
+    merged = partition.merge(trainable, frozen)
+    assert jax.tree.structure(merged) == jax.tree.structure(params)
+    for a, b in zip(jax.tree.leaves(merged), jax.tree.leaves(params)):
+        assert a is b
+
+
+@pytest.mark.parametrize("mode", ["all", "bn", "output", "none"])
+def test_optimizer_state_exists_only_for_trainable_leaves(params, mode):
+    train = base_config().train
+    train.mode = mode
+    labels = partition.param_labels(params, mode)
+    optimizer = make_optimizer(train, labels, learning_rate_schedule(train, 10))
+    state, frozen = create_train_state({"params": params, "batch_stats": {}}, labels, optimizer)
+    momentum_elements = sum(int(np.size(x)) for x in jax.tree.leaves(state.opt_state))
+    # one momentum buffer per trainable element (+ scalar counters of the schedule)
+    assert partition.count(state.trainable) <= momentum_elements <= \
+        partition.count(state.trainable) + 4
+    assert partition.count(frozen) + partition.count(state.trainable) == partition.count(params)
+
+
+def test_learning_rate_schedule_drops_at_milestone_epochs():
+    train = base_config().train
+    schedule = learning_rate_schedule(train, steps_per_epoch=10)
+    assert float(schedule(0)) == pytest.approx(0.1)
+    assert float(schedule(799)) == pytest.approx(0.1)
+    assert float(schedule(800)) == pytest.approx(0.01)
+    assert float(schedule(1200)) == pytest.approx(0.001)
+
+
+def test_warmup_then_milestones_stay_on_absolute_epochs():
+    train = base_config().train
+    train.warmup_epochs, train.lr_milestones = 5, (30,)
+    schedule = learning_rate_schedule(train, steps_per_epoch=10)
+    assert float(schedule(0)) == 0.0
+    assert float(schedule(25)) == pytest.approx(0.05)
+    assert float(schedule(299)) == pytest.approx(0.1)
+    assert float(schedule(300)) == pytest.approx(0.01)

@@ -1,0 +1,91 @@
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bnjax import partition
+from bnjax.data.batches import train_batches
+from bnjax.state import augment_key
+from bnjax.step import make_eval_step, make_mesh, make_train_step, replicate, shard_batch
+from bnjax.train import build_run, train_and_evaluate
+
+
+def _train_steps(config, steps):
+    """(initial params, params after `steps` steps, initial and final batch stats)."""
+    run, state, frozen = build_run(config)
+    initial = jax.device_get(partition.merge(state.trainable, frozen))
+    initial_stats = jax.device_get(state.batch_stats)
+    mesh = make_mesh()
+    state, frozen = replicate((state, frozen), mesh)
+    step_fn = make_train_step(run.model, run.optimizer, run.labels, run.schedule)
+    key = augment_key(config.seed)
+    for _, images, targets in train_batches(run.train_data, config.train.batch_size,
+                                            config.seed, 0, steps):
+        state, _ = step_fn(state, frozen, *shard_batch((images, targets), mesh), key)
+    final = jax.device_get(partition.merge(state.trainable, frozen))
+    return run, initial, final, initial_stats, jax.device_get(state.batch_stats)
+
+
+@pytest.mark.parametrize("mode", ["bn", "output", "all", "none"])
+def test_only_trainable_leaves_change(tiny_config, mode):
+    tiny_config.train.mode = mode
+    run, initial, final, stats0, stats1 = _train_steps(tiny_config, 3)
+    labels = partition._flat(run.labels)
+    before, after = partition._flat(initial), partition._flat(final)
+    for path, label in labels.items():
+        if label == partition.FROZEN:
+            assert np.asarray(before[path]).tobytes() == np.asarray(after[path]).tobytes(), path
+        else:
+            assert not np.array_equal(before[path], after[path]), path
+    assert any(label == partition.TRAINABLE for label in labels.values()) == (mode != "none")
+    # running statistics keep updating even when nothing is trained
+    assert not np.array_equal(stats0["bn"]["mean"], stats1["bn"]["mean"])
+
+
+def test_eval_uses_running_averages(tiny_config):
+    run, state, frozen = build_run(tiny_config)
+    eval_step = make_eval_step(run.model)
+    images = run.eval_data.images[:6]
+    targets = run.eval_data.labels[:6]
+
+    def loss_of(batch_stats, n):
+        ones = np.ones(n, np.float32)
+        out = eval_step(state.trainable, frozen, batch_stats, images[:n], targets[:n], ones)
+        return float(out["loss_sum"])
+
+    # with running averages an example's output does not depend on the rest of the batch
+    single = loss_of(state.batch_stats, 1)
+    batched_first = float(eval_step(state.trainable, frozen, state.batch_stats, images, targets,
+                                    np.eye(6, dtype=np.float32)[0])["loss_sum"])
+    assert single == pytest.approx(batched_first, rel=1e-5)
+    # and the running averages are what it uses
+    shifted = jax.tree.map(lambda x: x + 0.5, state.batch_stats)
+    assert loss_of(shifted, 6) != pytest.approx(loss_of(state.batch_stats, 6), rel=1e-3)
+
+
+def test_whole_tiny_training_writes_metrics_and_tensorboard(tiny_config, tmp_path):
+    workdir = str(tmp_path / "run")
+    metrics = train_and_evaluate(tiny_config, workdir)
+    on_disk = json.load(open(os.path.join(workdir, "metrics.json")))
+    assert on_disk["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
+    assert 0.0 <= on_disk["test_accuracy"] <= 1.0
+    assert on_disk["trainable_params"] < on_disk["total_params"]
+    assert [h["epoch"] for h in on_disk["history"]] == [1, 2]
+    assert on_disk["steps"] == 2 * (24 // 8)
+    events = os.listdir(os.path.join(workdir, "tensorboard"))
+    assert any(name.startswith("events.out.tfevents") for name in events)
+    run_info = json.load(open(os.path.join(workdir, "run.json")))
+    assert run_info["frozen_checksum"] == on_disk["frozen_checksum"]
+    assert run_info["prng"]["jax_threefry_partitionable"] in (True, False)
+    assert run_info["config"]["model"]["name"] == "cifar_resnet_8_4"
+
+
+def test_same_config_and_seed_give_same_metrics(tiny_config, tmp_path):
+    tiny_config.train.epochs = 1
+    first = train_and_evaluate(tiny_config, str(tmp_path / "a"))
+    second = train_and_evaluate(tiny_config, str(tmp_path / "b"))
+    for key in ("test_accuracy", "test_loss", "train_loss", "frozen_checksum"):
+        assert first[key] == second[key]
