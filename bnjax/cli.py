@@ -1,12 +1,16 @@
 """The `bnjax` command: parses flags and dispatches; the work lives in the modules below it.
 
-    bnjax train   --config=configs/cifar10.py --workdir=DIR [--config.FIELD=VALUE ...]
-    bnjax summary --config=configs/cifar10.py[:MODEL]
+    bnjax train       --config=configs/cifar10.py --workdir=DIR [--config.FIELD=VALUE ...]
+    bnjax summary     --config=configs/cifar10.py[:MODEL]
+    bnjax export      --workdir=DIR --out=FILE [--step=N]
+    bnjax eval        --export=FILE [--data_source=PATH]
+    bnjax materialize --export=FILE --out=DIR
 
 Wrong input (a bad flag, config field or dataset) prints one clear line and exits with status 2.
 """
 from __future__ import annotations
 
+import json
 import sys
 
 from absl import app, flags, logging
@@ -18,7 +22,17 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file, e.g. configs/cifar10.py or "
     "configs/cifar10.py:cifar_resnet_110; override any field with --config.FIELD=VALUE.",
     lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run folder: logs, TensorBoard, metrics.json.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run folder: logs, TensorBoard, checkpoints, "
+                                "metrics.json. Training there again resumes the run.")
+_EXPORT = flags.DEFINE_string("export", None, "An export file made by `bnjax export`.")
+_OUT = flags.DEFINE_string("out", None, "Where `export` writes its file / `materialize` its "
+                           "folder.")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step to export (default: the latest).")
+_DATA_SOURCE = flags.DEFINE_string("data_source", None, "Evaluate on this data source instead "
+                                   "of the one recorded in the export.")
+_STOP_AT_STEP = flags.DEFINE_integer("stop_at_step", None, "Save a checkpoint after this "
+                                     "global step and exit; rerun to continue (for time-limited "
+                                     "job slots).")
 
 USAGE = __doc__.split("\n\n")[1]
 EXIT_USAGE = 2
@@ -49,7 +63,36 @@ def cmd_train() -> None:
     from bnjax import train  # imports jax: keep `bnjax --help` and flag errors instant
 
     workdir = _require_flag(_WORKDIR.value, "workdir", "--workdir=runs/resnet20_bn")
-    train.train_and_evaluate(_config(), workdir)
+    try:
+        train.train_and_evaluate(_config(), workdir, stop_at_step=_STOP_AT_STEP.value)
+    except train.Interrupted as stop:
+        logging.info("%s", stop)
+        # 128 + signal number, as if killed by it, so schedulers treat the job as preempted
+        sys.exit(128 + stop.signum if stop.signum else 0)
+
+
+def cmd_export() -> None:
+    from bnjax import export
+
+    workdir = _require_flag(_WORKDIR.value, "workdir", "--workdir=runs/resnet20_bn")
+    out = _require_flag(_OUT.value, "out", "--out=resnet20_bn.bnjax")
+    result = export.export_from_workdir(workdir, out, _STEP.value)
+    print(f"wrote {out}: step {result['step']}, {result['bytes']:,} bytes")
+
+
+def cmd_eval() -> None:
+    from bnjax import export
+
+    path = _require_flag(_EXPORT.value, "export", "--export=resnet20_bn.bnjax")
+    print(json.dumps(export.evaluate_export(path, _DATA_SOURCE.value)))
+
+
+def cmd_materialize() -> None:
+    from bnjax import export
+
+    path = _require_flag(_EXPORT.value, "export", "--export=resnet20_bn.bnjax")
+    out = _require_flag(_OUT.value, "out", "--out=resnet20_bn_full")
+    print(f"wrote every weight to {export.materialize(path, out)}")
 
 
 def cmd_summary() -> None:
@@ -58,7 +101,8 @@ def cmd_summary() -> None:
     print(summary.render(_config()))
 
 
-COMMANDS = {"train": cmd_train, "summary": cmd_summary}
+COMMANDS = {"train": cmd_train, "summary": cmd_summary, "export": cmd_export, "eval": cmd_eval,
+            "materialize": cmd_materialize}
 
 
 def parse_flags(argv):
@@ -77,6 +121,9 @@ def main(argv) -> None:
     if len(argv) != 2 or argv[1] not in COMMANDS:
         _fail(f"expected one command of {', '.join(COMMANDS)}; usage:\n{USAGE}")
     logging.set_verbosity(logging.INFO)
+    from bnjax.metrics import quiet_library_logs
+
+    quiet_library_logs()
     try:
         COMMANDS[argv[1]]()
     except BnjaxError as error:

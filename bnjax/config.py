@@ -58,6 +58,12 @@ def base_config() -> ml_collections.ConfigDict:
 
     config.log = ml_collections.ConfigDict()
     config.log.every_steps = 50
+
+    config.checkpoint = ml_collections.ConfigDict()
+    config.checkpoint.every_epochs = 1  # also saved at the end and on SIGTERM/SIGINT
+    config.checkpoint.every_steps = 0  # 0: only at epoch ends (every_epochs)
+    config.checkpoint.keep_last = 2
+    config.checkpoint.keep_best = 1  # by test accuracy; 0 keeps only the last ones
     return config
 
 
@@ -140,6 +146,12 @@ def validate(config) -> None:
              "eval.every_epochs", config.eval.every_epochs, "a positive integer")
     _require(isinstance(config.log.every_steps, int) and config.log.every_steps >= 1,
              "log.every_steps", config.log.every_steps, "a positive integer")
+
+    for field, lowest in (("every_epochs", 1), ("every_steps", 0), ("keep_last", 1),
+                          ("keep_best", 0)):
+        value = config.checkpoint[field]
+        _require(isinstance(value, int) and not isinstance(value, bool) and value >= lowest,
+                 f"checkpoint.{field}", value, f"an integer >= {lowest}")
 
     source = config.data.source
     _require(isinstance(source, str) and source != "", "data.source", source,

@@ -11,3 +11,7 @@ class ConfigError(BnjaxError, ValueError):
 
 class DataError(BnjaxError):
     """A dataset is missing, unreadable or malformed."""
+
+
+class CheckpointError(BnjaxError):
+    """A checkpoint or export is missing, damaged, or does not belong to this config."""

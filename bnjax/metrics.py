@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import json
+import logging as pylogging
 import os
 import time
 
+import jax
+import numpy as np
 from absl import logging
 from tensorboardX import SummaryWriter
 
@@ -24,22 +27,46 @@ def write_json(path: str, payload: dict) -> None:
     os.replace(temporary, path)
 
 
-class Reporter:
-    """Progress lines on the log and scalars in <workdir>/tensorboard."""
+def _keep_lines_up_to(path: str, last_step: int) -> None:
+    """Drop log lines past `last_step`: after a crash they describe steps that will rerun."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        kept = [line for line in f if line.strip() and json.loads(line)["step"] <= last_step]
+    with open(f"{path}.tmp", "w") as f:
+        f.writelines(kept)
+    os.replace(f"{path}.tmp", path)
 
-    def __init__(self, workdir: str, total_steps: int, steps_per_epoch: int):
+
+class Reporter:
+    """Progress lines on the log, scalars in <workdir>/tensorboard, and <workdir>/train_log.jsonl
+    (one line per log window: the step and the window's mean loss, accuracy and lr)."""
+
+    def __init__(self, workdir: str, total_steps: int, steps_per_epoch: int, start_step: int):
         self.total_steps = total_steps
         self.steps_per_epoch = steps_per_epoch
-        self.tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        self.train_log = os.path.join(workdir, "train_log.jsonl")
+        _keep_lines_up_to(self.train_log, start_step)
+        # purge_step hides TensorBoard events a crashed attempt wrote past the checkpoint
+        self.tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"),
+                                         purge_step=start_step + 1 if start_step else None)
         self.started = time.time()
 
     def scalars(self, step: int, group: str, values: dict) -> None:
         for name, value in values.items():
             self.tensorboard.add_scalar(f"{group}/{name}", value, step)
 
-    def train_progress(self, step: int, values: dict, images_per_s: float,
-                       steps_per_s: float) -> None:
-        self.scalars(step, "train", {**values, "images_per_s": images_per_s})
+    def train_window(self, step: int, window: list) -> dict:
+        """Mean of the window's per-step metrics (device arrays), logged to file and TensorBoard."""
+        values = {name: float(np.mean(jax.device_get([m[name] for m in window])))
+                  for name in window[0]}
+        with open(self.train_log, "a") as f:
+            f.write(json.dumps({"step": step, **values}) + "\n")
+        self.scalars(step, "train", values)
+        return values
+
+    def progress(self, step: int, values: dict, images_per_s: float, steps_per_s: float) -> None:
+        self.tensorboard.add_scalar("train/images_per_s", images_per_s, step)
         remaining = (self.total_steps - step) / steps_per_s if steps_per_s else 0.0
         epoch = (step - 1) // self.steps_per_epoch + 1
         logging.info("epoch %d  step %d/%d (%.1f%%)  loss %.4f  acc %.4f  lr %.4g  "
@@ -55,3 +82,15 @@ class Reporter:
 
     def close(self) -> None:
         self.tensorboard.close()
+
+
+class _OnlyOwnInfo(pylogging.Filter):
+    """Keep INFO lines from bnjax; libraries (orbax, jax) log one per file operation."""
+
+    def filter(self, record: pylogging.LogRecord) -> bool:
+        return record.levelno >= pylogging.WARNING or f"{os.sep}bnjax{os.sep}" in record.pathname
+
+
+def quiet_library_logs() -> None:
+    logging.get_absl_handler().addFilter(_OnlyOwnInfo())
+    pylogging.getLogger("jax._src.xla_bridge").setLevel(pylogging.ERROR)  # "no TPU found"

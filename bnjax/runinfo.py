@@ -24,8 +24,56 @@ def prng_settings() -> dict:
             "jax_threefry_partitionable": bool(jax.config.jax_threefry_partitionable)}
 
 
-def describe(config, frozen_checksum: str) -> dict:
-    return {"seed": config.seed, "config": config.to_dict(),
-            "frozen_checksum": frozen_checksum, "prng": prng_settings(),
+def describe(config, frozen_checksum: str, num_classes: int, image_shape) -> dict:
+    return {"seed": config.seed, "config": config.to_dict(), "num_classes": num_classes,
+            "image_shape": list(image_shape), "frozen_checksum": frozen_checksum,
+            "prng": prng_settings(),
             "versions": library_versions(), "backend": jax.default_backend(),
             "device_count": jax.device_count()}
+
+
+# Fields that change how a run is watched or stored, not what it computes.
+VOLATILE_FIELDS = ("log.", "checkpoint.", "data.cache_dir", "data.tfds_data_dir",
+                   "data.tfds_download")
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
+    return flat
+
+
+def config_differences(saved: dict, current: dict) -> list[tuple]:
+    """[(field, saved value, current value)] over the fields that decide the results."""
+    old, new = _flatten(saved), _flatten(current)
+    return [(field, old.get(field), new.get(field)) for field in sorted(set(old) | set(new))
+            if not field.startswith(VOLATILE_FIELDS) and old.get(field) != new.get(field)]
+
+
+def check_same_weights(saved: dict, current: dict, where: str) -> None:
+    """The frozen weights regenerated now must be the ones the run was trained with."""
+    from bnjax.errors import CheckpointError
+
+    for name, was in saved["prng"].items():
+        now = current["prng"].get(name)
+        if now != was:
+            raise CheckpointError(
+                f"{where} was made with {name}={was}, but this process has {name}={now}, "
+                f"which regenerates different frozen weights from the seed. Set "
+                f"{name.upper()}={was} in the environment (or jax.config.update({name!r}, "
+                f"{was!r})) and rerun.")
+    if saved["frozen_checksum"] != current["frozen_checksum"]:
+        versions = "; ".join(f"{lib} {saved['versions'].get(lib)} -> {v}"
+                             for lib, v in current["versions"].items()
+                             if saved["versions"].get(lib) != v)
+        raise CheckpointError(
+            f"the frozen weights regenerated from seed {current['seed']} do not match the "
+            f"checksum saved in {where} (saved {saved['frozen_checksum'][:12]}..., now "
+            f"{current['frozen_checksum'][:12]}...). "
+            + (f"Library versions differ: {versions}. Install the saved versions. "
+               if versions else "")
+            + "Refusing to continue with different weights.")

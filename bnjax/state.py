@@ -7,6 +7,7 @@ only) and the step.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 
 import flax
@@ -17,6 +18,7 @@ import optax
 from flax import traverse_util
 
 from bnjax import partition
+from bnjax.models import build_model
 
 
 @flax.struct.dataclass
@@ -95,11 +97,29 @@ def make_optimizer(train_config, labels, schedule) -> optax.GradientTransformati
         {partition.TRAINABLE: learner, partition.FROZEN: optax.set_to_zero()}, labels)
 
 
-def create_train_state(variables, labels, optimizer) -> tuple[TrainState, dict]:
-    """(state, frozen weights) from freshly initialised variables."""
+@dataclasses.dataclass(frozen=True)
+class ModelSetup:
+    """The model of a config and how its parameters are partitioned and optimized."""
+    model: object
+    labels: dict
+    schedule: optax.Schedule
+    optimizer: optax.GradientTransformation
+    total_params: int
+    frozen_checksum: str
+
+
+def initialize(config, num_classes: int, image_shape, steps_per_epoch: int):
+    """(setup, initial TrainState, frozen weights) for `config`, all from config.seed."""
+    model = build_model(config.model, num_classes)
+    variables = init_variables(model, config.seed, image_shape)
     params = variables["params"]
+    labels = partition.param_labels(params, config.train.mode)
+    schedule = learning_rate_schedule(config.train, steps_per_epoch)
+    optimizer = make_optimizer(config.train, labels, schedule)
     trainable, frozen = partition.split(params, labels)
     state = TrainState(step=jnp.asarray(0, jnp.int32), trainable=trainable,
                        batch_stats=variables.get("batch_stats", {}),
                        opt_state=optimizer.init(params))
-    return state, frozen
+    setup = ModelSetup(model, labels, schedule, optimizer, partition.count(params),
+                       weights_checksum(frozen))
+    return setup, state, frozen

@@ -1,8 +1,12 @@
 """The training loop: config -> data -> model from seed -> partition -> jitted steps -> metrics."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
 import os
+import signal
+import threading
 import time
 
 import jax
@@ -11,14 +15,12 @@ from absl import logging
 
 from bnjax import config as config_lib
 from bnjax import data as data_lib
-from bnjax import partition, runinfo
+from bnjax import checkpoint, partition, runinfo
 from bnjax.data.batches import steps_per_epoch as count_steps_per_epoch
 from bnjax.data.batches import train_batches
 from bnjax.errors import ConfigError, DataError
 from bnjax.metrics import Reporter, write_json
-from bnjax.models import build_model
-from bnjax.state import (augment_key, create_train_state, init_variables, learning_rate_schedule,
-                         make_optimizer, weights_checksum)
+from bnjax.state import ModelSetup, augment_key, initialize
 from bnjax.step import evaluate, make_eval_step, make_mesh, make_train_step, replicate, shard_batch
 
 
@@ -26,17 +28,16 @@ from bnjax.step import evaluate, make_eval_step, make_mesh, make_train_step, rep
 class Run:
     """Everything a run derives from its config before the first step."""
     config: object
-    model: object
+    setup: ModelSetup
     train_data: data_lib.Dataset
     eval_data: data_lib.Dataset
-    labels: dict
-    schedule: object
-    optimizer: object
     steps_per_epoch: int
     total_steps: int
-    frozen_checksum: str
     trainable_params: int
-    total_params: int
+
+    def describe(self) -> dict:
+        return runinfo.describe(self.config, self.setup.frozen_checksum,
+                                self.train_data.num_classes, self.train_data.images.shape[1:])
 
 
 def check_devices(config, device_count: int) -> None:
@@ -54,90 +55,156 @@ def build_run(config):
     if per_epoch == 0:
         raise DataError(f"the training split has {len(train_data)} examples, fewer than "
                         f"train.batch_size = {config.train.batch_size}; lower the batch size")
-    model = build_model(config.model, train_data.num_classes)
-    variables = init_variables(model, config.seed, train_data.images.shape[1:])
-    labels = partition.param_labels(variables["params"], config.train.mode)
-    schedule = learning_rate_schedule(config.train, per_epoch)
-    optimizer = make_optimizer(config.train, labels, schedule)
-    state, frozen = create_train_state(variables, labels, optimizer)
-    run = Run(config=config, model=model, train_data=train_data, eval_data=eval_data,
-              labels=labels, schedule=schedule, optimizer=optimizer, steps_per_epoch=per_epoch,
-              total_steps=per_epoch * config.train.epochs,
-              frozen_checksum=weights_checksum(frozen),
-              trainable_params=partition.count(state.trainable),
-              total_params=partition.count(variables["params"]))
+    setup, state, frozen = initialize(config, train_data.num_classes,
+                                      train_data.images.shape[1:], per_epoch)
+    run = Run(config=config, setup=setup, train_data=train_data, eval_data=eval_data,
+              steps_per_epoch=per_epoch, total_steps=per_epoch * config.train.epochs,
+              trainable_params=partition.count(state.trainable))
     return run, state, frozen
 
 
-def train_and_evaluate(config, workdir: str) -> dict:
-    """Train as configured, evaluating every eval.every_epochs; return the final metrics."""
-    run, state, frozen = build_run(config)
-    os.makedirs(workdir, exist_ok=True)
-    write_json(os.path.join(workdir, "run.json"),
-               runinfo.describe(config, run.frozen_checksum))
-    logging.info("%s, mode %s: %d of %d parameters trainable; %d steps (%d epochs x %d)",
-                 config.model.name, config.train.mode, run.trainable_params, run.total_params,
-                 run.total_steps, config.train.epochs, run.steps_per_epoch)
+class Interrupted(Exception):
+    """Training stopped early (a signal, or stop_at_step) after saving a checkpoint."""
 
+    def __init__(self, step: int, signum: int | None):
+        reason = signal.Signals(signum).name if signum else "stop_at_step"
+        super().__init__(f"stopped at step {step} ({reason}); a checkpoint was saved. Run the "
+                         "same command again to resume.")
+        self.step, self.signum = step, signum
+
+
+@contextlib.contextmanager
+def signals_received():
+    """A list that SIGTERM/SIGINT append to instead of killing the process mid-step."""
+    received = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    previous = {s: signal.signal(s, lambda signum, frame: received.append(signum))
+                for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield received
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _resume(workdir: str, manager, state, description: dict):
+    """(state, history) to continue from: the latest checkpoint, or the fresh state."""
+    run_json = os.path.join(workdir, "run.json")
+    if os.path.exists(run_json):
+        with open(run_json) as f:
+            checkpoint.check_same_run(json.load(f), description, workdir)
+    step = manager.latest_step()
+    if step is None:
+        return state, []
+    saved = checkpoint.read_meta(manager, step)
+    checkpoint.check_same_run(saved, description, f"{workdir} (checkpoint step {step})")
+    logging.info("resuming from the checkpoint at step %d", step)
+    return checkpoint.restore_state(manager, step, state), saved["history"]
+
+
+def _final_metrics(run: Run, history: list, speed: float | None, wall_time: float) -> dict:
+    config, final = run.config, history[-1]
+    return {"test_accuracy": final["test_accuracy"], "test_loss": final["test_loss"],
+            "train_loss": final["train_loss"], "train_accuracy": final["train_accuracy"],
+            "epochs": config.train.epochs, "steps": run.total_steps,
+            "trainable_params": run.trainable_params, "total_params": run.setup.total_params,
+            "model": config.model.name, "mode": config.train.mode, "seed": config.seed,
+            "train_images_per_s": speed, "wall_time_s": wall_time, "history": history,
+            "frozen_checksum": run.setup.frozen_checksum}
+
+
+def train_and_evaluate(config, workdir: str, stop_at_step: int | None = None) -> dict:
+    """Train as configured (resuming from the workdir's latest checkpoint); return the metrics.
+
+    stop_at_step: save a checkpoint after that global step and raise Interrupted, as a SIGTERM
+    would; the next call continues exactly where this one stopped.
+    """
+    run, state, frozen = build_run(config)
+    description = run.describe()
+    os.makedirs(workdir, exist_ok=True)
+    manager = checkpoint.open_manager(workdir, config.checkpoint)
+    try:
+        state, history = _resume(workdir, manager, state, description)
+        write_json(os.path.join(workdir, "run.json"), description)
+        return _train_loop(run, workdir, manager, state, frozen, history, description,
+                           stop_at_step)
+    finally:
+        manager.wait_until_finished()  # async save errors surface here
+        manager.close()
+
+
+def _train_loop(run, workdir, manager, state, frozen, history, description, stop_at_step):
+    config = run.config
+    start_step = int(state.step)
+    logging.info("%s, mode %s: %d of %d parameters trainable; step %d of %d (%d epochs x %d)",
+                 config.model.name, config.train.mode, run.trainable_params,
+                 run.setup.total_params,
+                 start_step, run.total_steps, config.train.epochs, run.steps_per_epoch)
     mesh = make_mesh()
     state, frozen = replicate((state, frozen), mesh)
-    train_step = make_train_step(run.model, run.optimizer, run.labels, run.schedule)
-    eval_step = make_eval_step(run.model)
+    setup = run.setup
+    train_step = make_train_step(setup.model, setup.optimizer, setup.labels, setup.schedule)
+    eval_step = make_eval_step(setup.model)
     key = replicate(augment_key(config.seed), mesh)
-    reporter = Reporter(workdir, run.total_steps, run.steps_per_epoch)
-    history, pending = [], []
+    reporter = Reporter(workdir, run.total_steps, run.steps_per_epoch, start_step)
+    pending, train_values = [], None
     window_start, window_steps, first_window = time.time(), 0, True
     train_seconds, trained_images = 0.0, 0
     started = time.time()
-    try:
-        batches = train_batches(run.train_data, config.train.batch_size, config.seed,
-                                int(state.step), run.total_steps)
-        for step, images, targets in batches:
-            state, metrics = train_step(state, frozen, *shard_batch((images, targets), mesh), key)
-            pending.append(metrics)
-            window_steps += 1
-            done = step + 1
-            end_of_epoch = done % run.steps_per_epoch == 0
-            if done % config.log.every_steps == 0 or end_of_epoch:
-                values = {k: float(jnp.mean(jnp.stack([m[k] for m in pending])))
-                          for k in pending[0]}  # one host sync per log window
-                elapsed = time.time() - window_start
-                if not first_window:  # the first window compiles: leave it out of the speed
-                    train_seconds += elapsed
-                    trained_images += window_steps * config.train.batch_size
-                first_window = False
-                reporter.train_progress(done, values, window_steps * config.train.batch_size
-                                        / elapsed, window_steps / elapsed)
-                pending, window_steps = [], 0
-                train_values = values
-                window_start = time.time()
-            if end_of_epoch:
-                epoch = done // run.steps_per_epoch
-                if epoch % config.eval.every_epochs == 0 or done == run.total_steps:
-                    result = evaluate(eval_step, mesh, state, frozen, run.eval_data,
-                                      config.eval.batch_size)
-                    reporter.eval_result(done, epoch, result)
+    with signals_received() as received:
+        try:
+            for step, images, targets in train_batches(run.train_data, config.train.batch_size,
+                                                       config.seed, start_step, run.total_steps):
+                state, metrics = train_step(state, frozen, *shard_batch((images, targets), mesh),
+                                            key)
+                pending.append(metrics)
+                window_steps += 1
+                done = step + 1
+                epoch, end_of_epoch = divmod(done, run.steps_per_epoch)
+                end_of_epoch = end_of_epoch == 0
+                stopping = bool(received) or done == stop_at_step
+                saving = (stopping or done == run.total_steps
+                          or (end_of_epoch and epoch % config.checkpoint.every_epochs == 0)
+                          or (config.checkpoint.every_steps
+                              and done % config.checkpoint.every_steps == 0))
+                if done % config.log.every_steps == 0 or end_of_epoch or saving:
+                    train_values = reporter.train_window(done, pending)  # one host sync
+                    elapsed = time.time() - window_start
+                    if not first_window:  # the first window compiles: leave it out of speed
+                        train_seconds += elapsed
+                        trained_images += window_steps * config.train.batch_size
+                    reporter.progress(done, train_values, window_steps * config.train.batch_size
+                                      / elapsed, window_steps / elapsed)
+                    pending, window_steps, first_window = [], 0, False
+                eval_metrics = None
+                if end_of_epoch and (epoch % config.eval.every_epochs == 0
+                                     or done == run.total_steps):
+                    eval_metrics = evaluate(eval_step, mesh, state, frozen, run.eval_data,
+                                            config.eval.batch_size)
+                    reporter.eval_result(done, epoch, eval_metrics)
                     history.append({"epoch": epoch, "step": done,
                                     "train_loss": train_values["loss"],
                                     "train_accuracy": train_values["accuracy"],
-                                    "test_loss": result["loss"],
-                                    "test_accuracy": result["accuracy"],
-                                    "elapsed_s": time.time() - started})
+                                    "test_loss": eval_metrics["loss"],
+                                    "test_accuracy": eval_metrics["accuracy"]})
+                if saving:
+                    checkpoint.save(manager, done, state, {**description, "step": done,
+                                                           "history": history},
+                                    {"test_accuracy": eval_metrics["accuracy"]}
+                                    if eval_metrics else None)
+                if stopping:
+                    manager.wait_until_finished()
+                    raise Interrupted(done, received[0] if received else None)
                 window_start = time.time()
-    finally:
-        reporter.close()
+        finally:
+            reporter.close()
 
-    final = history[-1]
-    metrics = {"test_accuracy": final["test_accuracy"], "test_loss": final["test_loss"],
-               "train_loss": final["train_loss"], "train_accuracy": final["train_accuracy"],
-               "epochs": config.train.epochs, "steps": run.total_steps,
-               "trainable_params": run.trainable_params, "total_params": run.total_params,
-               "model": config.model.name, "mode": config.train.mode, "seed": config.seed,
-               "train_images_per_s": trained_images / train_seconds if train_seconds else None,
-               "wall_time_s": time.time() - started, "history": history,
-               "frozen_checksum": run.frozen_checksum}
+    metrics = _final_metrics(run, history,
+                             trained_images / train_seconds if train_seconds else None,
+                             time.time() - started)
     write_json(os.path.join(workdir, "metrics.json"), metrics)
-    logging.info("done: test accuracy %.4f after %d epochs, wall time %s",
-                 final["test_accuracy"], config.train.epochs,
-                 time.strftime("%H:%M:%S", time.gmtime(metrics["wall_time_s"])))
+    logging.info("done: test accuracy %.4f after %d epochs", metrics["test_accuracy"],
+                 config.train.epochs)
     return metrics

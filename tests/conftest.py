@@ -37,15 +37,20 @@ def image_folder(tmp_path_factory):
     return write_image_folder(str(tmp_path_factory.mktemp("images")))
 
 
-@pytest.fixture()
-def tiny_config(image_folder, tmp_path):
+def tiny_config_for(image_folder, cache_dir):
+    """ResNet-8 of width 4, 2 epochs of 3 steps on the generated folder."""
     config = base_config()
     config.model.name = "cifar_resnet_8_4"
     config.data.source = image_folder
-    config.data.cache_dir = str(tmp_path / "cache")
+    config.data.cache_dir = cache_dir
     config.train.epochs = 2
     config.train.batch_size = 8
     config.train.lr_milestones = (1,)
     config.eval.batch_size = 8
     config.log.every_steps = 1
     return config
+
+
+@pytest.fixture()
+def tiny_config(image_folder, tmp_path):
+    return tiny_config_for(image_folder, str(tmp_path / "cache"))

@@ -20,7 +20,8 @@ def _train_steps(config, steps):
     initial_stats = jax.device_get(state.batch_stats)
     mesh = make_mesh()
     state, frozen = replicate((state, frozen), mesh)
-    step_fn = make_train_step(run.model, run.optimizer, run.labels, run.schedule)
+    step_fn = make_train_step(run.setup.model, run.setup.optimizer, run.setup.labels,
+                              run.setup.schedule)
     key = augment_key(config.seed)
     for _, images, targets in train_batches(run.train_data, config.train.batch_size,
                                             config.seed, 0, steps):
@@ -33,7 +34,7 @@ def _train_steps(config, steps):
 def test_only_trainable_leaves_change(tiny_config, mode):
     tiny_config.train.mode = mode
     run, initial, final, stats0, stats1 = _train_steps(tiny_config, 3)
-    labels = partition._flat(run.labels)
+    labels = partition._flat(run.setup.labels)
     before, after = partition._flat(initial), partition._flat(final)
     for path, label in labels.items():
         if label == partition.FROZEN:
@@ -47,7 +48,7 @@ def test_only_trainable_leaves_change(tiny_config, mode):
 
 def test_eval_uses_running_averages(tiny_config):
     run, state, frozen = build_run(tiny_config)
-    eval_step = make_eval_step(run.model)
+    eval_step = make_eval_step(run.setup.model)
     images = run.eval_data.images[:6]
     targets = run.eval_data.labels[:6]
 

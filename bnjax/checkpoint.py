@@ -1,0 +1,80 @@
+"""Orbax checkpoints that hold only what training changed, and the checks made on restore.
+
+A checkpoint step holds the TrainState (trainable leaves, BatchNorm statistics, optimizer state,
+step) and JSON metadata: the run description of bnjax.runinfo (seed, config, versions, PRNG
+settings, checksum of the frozen weights) plus the per-epoch history. The position in the data
+stream is the step itself (bnjax.data.batches). Frozen weights are never written: on restore they
+are regenerated from the seed and must match the saved checksum bit for bit.
+"""
+from __future__ import annotations
+
+import os
+
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as policies
+
+from bnjax import runinfo
+from bnjax.errors import CheckpointError
+
+FORMAT = "bnjax-checkpoint-1"
+
+
+def checkpoint_dir(workdir: str) -> str:
+    return os.path.join(os.path.abspath(workdir), "checkpoints")
+
+
+def open_manager(workdir: str, checkpoint_config=None):
+    """A CheckpointManager keeping the last `keep_last` steps and the `keep_best` by accuracy.
+
+    Without a checkpoint_config it only reads: it creates nothing and deletes nothing.
+    """
+    if checkpoint_config is None:
+        keep = [policies.LatestN(n=None)]
+    else:
+        keep = [policies.LatestN(n=checkpoint_config.keep_last)]
+        if checkpoint_config.keep_best:
+            keep.append(policies.BestN(get_metric_fn=lambda m: m["test_accuracy"],
+                                       n=checkpoint_config.keep_best,
+                                       keep_checkpoints_without_metrics=False))
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=policies.AnyPreservationPolicy(keep),
+        enable_async_checkpointing=True, create=checkpoint_config is not None)
+    return ocp.CheckpointManager(checkpoint_dir(workdir), options=options,
+                                 item_names=("state", "meta"))
+
+
+def save(manager, step: int, state, meta: dict, metrics: dict | None = None) -> None:
+    """Start an asynchronous save of `state` and `meta` at `step`."""
+    manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                               meta=ocp.args.JsonSave({**meta, "format": FORMAT})),
+                 metrics=metrics, force=True)
+
+
+def read_meta(manager, step: int) -> dict:
+    meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{checkpoint_dir(manager.directory)} step {step} is not a bnjax "
+                              f"checkpoint (format {meta.get('format')!r}, expected {FORMAT})")
+    return meta
+
+
+def restore_state(manager, step: int, target_state):
+    """The saved TrainState, shaped and placed like `target_state`."""
+    try:
+        restored = manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(target_state)))
+    except (ValueError, KeyError, TypeError) as error:
+        raise CheckpointError(f"checkpoint step {step} in {manager.directory} does not fit this "
+                              f"model and mode ({str(error).splitlines()[0]})") from None
+    return restored["state"]
+
+
+def check_same_run(saved: dict, current: dict, where: str) -> None:
+    """Refuse to continue a run whose config, PRNG settings or frozen weights differ."""
+    differences = runinfo.config_differences(saved["config"], current["config"])
+    if differences:
+        listed = "; ".join(f"{field}: saved {old!r}, now {new!r}"
+                           for field, old, new in differences[:6])
+        raise CheckpointError(f"{where} holds a run with a different config ({listed}). "
+                              "Use a new --workdir, or rerun with the saved config.")
+    runinfo.check_same_weights(saved, current, where)

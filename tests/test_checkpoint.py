@@ -1,0 +1,227 @@
+"""Checkpoints, exact resume (in-process, SIGTERM, kill -9) and the seed-plus-BN export."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from bnjax import checkpoint, export, partition
+from bnjax.errors import CheckpointError
+from bnjax.train import Interrupted, train_and_evaluate
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DETERMINISTIC = ("test_accuracy", "test_loss", "train_loss", "train_accuracy", "history",
+                 "frozen_checksum", "steps", "trainable_params")
+
+
+def _log(workdir):
+    with open(os.path.join(workdir, "train_log.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def _same_results(a, b):
+    return {k: a[k] for k in DETERMINISTIC} == {k: b[k] for k in DETERMINISTIC}
+
+
+@pytest.fixture(scope="module")
+def finished(image_folder, tmp_path_factory):
+    """A finished uninterrupted tiny run: (config, workdir, metrics)."""
+    from conftest import tiny_config_for
+
+    config = tiny_config_for(image_folder, str(tmp_path_factory.mktemp("cache")))
+    workdir = str(tmp_path_factory.mktemp("finished"))
+    return config, workdir, train_and_evaluate(config, workdir)
+
+
+def test_interrupted_in_process_then_resumed_matches_uninterrupted(finished, tmp_path):
+    config, reference_dir, reference = finished
+    workdir = str(tmp_path / "run")
+    with pytest.raises(Interrupted, match="stopped at step 4"):
+        train_and_evaluate(config, workdir, stop_at_step=4)
+    assert [r["step"] for r in _log(workdir)] == [1, 2, 3, 4]
+    resumed = train_and_evaluate(config, workdir)
+    assert _log(workdir) == _log(reference_dir)
+    assert _same_results(resumed, reference)
+
+
+def _cli_train(workdir, image_folder, cache, *extra):
+    return subprocess.Popen(
+        [sys.executable, "-m", "bnjax", "train", f"--config={REPO}/configs/smoke.py",
+         f"--workdir={workdir}", f"--config.data.source={image_folder}",
+         f"--config.data.cache_dir={cache}", "--config.train.batch_size=2",
+         "--config.train.epochs=12", "--config.log.every_steps=1", "--config.eval.batch_size=12",
+         *extra], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_log_lines(workdir, count, process, timeout=120):
+    path = os.path.join(workdir, "train_log.jsonl")
+    deadline = time.time() + timeout
+    while time.time() < deadline and process.poll() is None:
+        if os.path.exists(path) and sum(1 for _ in open(path)) >= count:
+            return
+        time.sleep(0.005)
+    raise AssertionError(f"training never logged {count} steps: {process.communicate()[1]}")
+
+
+def test_sigterm_saves_a_complete_checkpoint_and_resume_is_exact(image_folder, tmp_path):
+    cache = tmp_path / "cache"
+    reference_dir = str(tmp_path / "reference")
+    reference = _cli_train(reference_dir, image_folder, cache)
+    assert reference.wait(timeout=300) == 0, reference.stderr.read()
+
+    workdir = str(tmp_path / "run")
+    process = _cli_train(workdir, image_folder, cache)
+    _wait_for_log_lines(workdir, 3, process)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    assert "a checkpoint was saved" in stderr and "Traceback" not in stderr
+    stopped_at = _log(workdir)[-1]["step"]
+    total = 12 * 12
+    assert stopped_at < total, "training finished before the signal arrived"
+
+    manager = checkpoint.open_manager(workdir)
+    assert manager.latest_step() == stopped_at
+    meta = checkpoint.read_meta(manager, stopped_at)
+    assert meta["step"] == stopped_at and meta["seed"] == 0
+    manager.close()
+
+    resumed = _cli_train(workdir, image_folder, cache)
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
+    assert _log(workdir) == _log(reference_dir)
+    with open(os.path.join(workdir, "metrics.json")) as a, \
+            open(os.path.join(reference_dir, "metrics.json")) as b:
+        assert _same_results(json.load(a), json.load(b))
+
+
+def test_after_kill_9_the_run_resumes_from_the_last_checkpoint(image_folder, tmp_path):
+    cache = tmp_path / "cache"
+    workdir = str(tmp_path / "run")
+    process = _cli_train(workdir, image_folder, cache, "--config.checkpoint.every_steps=5")
+    _wait_for_log_lines(workdir, 30, process)
+    process.kill()
+    process.wait()
+    manager = checkpoint.open_manager(workdir)
+    last_saved = manager.latest_step()
+    manager.close()
+    assert last_saved is not None and last_saved < 12 * 12
+    resumed = _cli_train(workdir, image_folder, cache, "--config.checkpoint.every_steps=5")
+    _, stderr = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, stderr
+    assert f"resuming from the checkpoint at step {last_saved}" in stderr
+    steps = [r["step"] for r in _log(workdir)]
+    assert steps == list(range(1, 12 * 12 + 1))  # lines past the checkpoint were replaced
+
+
+def test_workdir_of_a_different_config_is_refused(finished, tmp_path):
+    config, workdir, _ = finished
+    other = config.copy_and_resolve_references()
+    other.train.mode = "all"
+    with pytest.raises(CheckpointError, match="different config.*train.mode: saved 'bn', "
+                                              "now 'all'"):
+        train_and_evaluate(other, workdir)
+
+
+@pytest.fixture(scope="module")
+def exported(finished, tmp_path_factory):
+    _, workdir, metrics = finished
+    path = str(tmp_path_factory.mktemp("export") / "model.bnjax")
+    export.export_from_workdir(workdir, path)
+    return path, metrics
+
+
+def test_export_is_small_and_evaluates_to_the_same_accuracy(exported, finished):
+    path, metrics = exported
+    config, _, _ = finished
+    assert os.path.getsize(path) < 20_000
+    result = export.evaluate_export(path)
+    assert result["test_accuracy"] == metrics["test_accuracy"]
+    assert result["test_loss"] == metrics["test_loss"]
+
+
+def test_materialized_weights_are_the_full_model(exported, tmp_path):
+    path, _ = exported
+    out = export.materialize(path, str(tmp_path / "full"))
+    restored = ocp.StandardCheckpointer().restore(os.path.join(os.path.abspath(out),
+                                                               "variables"))
+    _, setup, state, frozen, _ = export.load_export(path)
+    expected = partition.merge(state.trainable, frozen)
+    assert partition.count(restored["params"]) == setup.total_params
+    for a, b in zip(jax.tree.leaves(restored["params"]), jax.tree.leaves(expected)):
+        np.testing.assert_array_equal(a, b)
+    description = json.load(open(os.path.join(out, "model.json")))
+    assert description["seed"] == 0 and description["config"]["train"]["mode"] == "bn"
+
+
+def _rewrite(path, out, mutate):
+    description, trainable, batch_stats = export.read_export(path)
+    mutate(description)
+    description.pop("format")
+    export.write_export(out, description, trainable, batch_stats)
+    return out
+
+
+def test_tampered_truncated_and_foreign_files_are_rejected(exported, tmp_path):
+    path, _ = exported
+    blob = open(path, "rb").read()
+    tampered = tmp_path / "tampered.bnjax"
+    tampered.write_bytes(blob[:-10] + bytes(b ^ 1 for b in blob[-10:]))
+    with pytest.raises(CheckpointError, match="truncated or was modified"):
+        export.load_export(str(tampered))
+    truncated = tmp_path / "truncated.bnjax"
+    truncated.write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(CheckpointError, match="truncated or was modified"):
+        export.load_export(str(truncated))
+    foreign = tmp_path / "foreign.bnjax"
+    foreign.write_bytes(b"PK\x03\x04 a zip file")
+    with pytest.raises(CheckpointError, match="not a bnjax export file"):
+        export.load_export(str(foreign))
+
+
+def test_export_whose_weights_do_not_regenerate_is_rejected(exported, tmp_path):
+    path, _ = exported
+    wrong = _rewrite(path, str(tmp_path / "wrong.bnjax"),
+                     lambda d: d.update(frozen_checksum="0" * 64))
+    with pytest.raises(CheckpointError, match="do not match the checksum"):
+        export.load_export(wrong)
+    other_model = _rewrite(path, str(tmp_path / "other.bnjax"),
+                           lambda d: d["config"]["model"].update(name="cifar_resnet_14_4"))
+    with pytest.raises(CheckpointError):
+        export.load_export(other_model)
+
+
+def test_flipped_prng_flag_is_named_in_the_error(exported):
+    path, _ = exported
+    was = jax.config.jax_threefry_partitionable
+    jax.config.update("jax_threefry_partitionable", not was)
+    try:
+        with pytest.raises(CheckpointError, match=f"jax_threefry_partitionable={was}, but "
+                                                  f"this process has "
+                                                  f"jax_threefry_partitionable={not was}"):
+            export.load_export(path)
+    finally:
+        jax.config.update("jax_threefry_partitionable", was)
+
+
+def test_the_flipped_flag_really_changes_the_weights(exported):
+    """Why the check above matters: the same seed gives other weights under the other flag."""
+    path, _ = exported
+    description, _, _ = export.read_export(path)
+    was = jax.config.jax_threefry_partitionable
+    jax.config.update("jax_threefry_partitionable", not was)
+    try:
+        _, setup, _, _ = export._model_from_description(
+            {**description, "prng": {**description["prng"],
+                                     "jax_threefry_partitionable": not was}})
+    except CheckpointError as error:
+        assert "do not match the checksum" in str(error)
+    else:
+        raise AssertionError("the other PRNG setting regenerated identical weights")
+    finally:
+        jax.config.update("jax_threefry_partitionable", was)
