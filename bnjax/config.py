@@ -41,7 +41,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.data.eval_split = "test"
 
     config.train = ml_collections.ConfigDict()
-    config.train.mode = "bn"  # which parameters learn; see bnjax.partition.MODES
+    config.train.mode = "bn"  # which parameters learn; see bnjax.partition.MODE_ROLES
+    config.train.random_k = 2  # mode random_k: elements trained per conv output channel
     config.train.epochs = 160
     config.train.batch_size = 128
     config.train.lr = 0.1
@@ -122,6 +123,8 @@ def validate(config) -> None:
 
     train = config.train
     _require(train.mode in MODES, "train.mode", train.mode, f"accepted: {', '.join(MODES)}")
+    _require(isinstance(train.random_k, int) and train.random_k >= 1, "train.random_k",
+             train.random_k, "a positive integer")
     _require(isinstance(train.epochs, int) and 1 <= train.epochs <= 100_000, "train.epochs",
              train.epochs, "an integer from 1 to 100000")
     _require(isinstance(train.batch_size, int) and 1 <= train.batch_size <= 1 << 20,

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import re
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 from flax import traverse_util
 
 TRAINABLE, FROZEN = "trainable", "frozen"
@@ -31,7 +34,12 @@ MODE_ROLES = {
     "bn_shortcut_output": {"gamma", "beta", "shortcut", "output"},
     "shortcut_output": {"shortcut", "output"},
     "none": set(),
+    # The paper's control: k random elements per output channel of every convolution (each
+    # conv feeds one BatchNorm, so k=2 trains exactly as many parameters as `bn`). The dense
+    # output layer is left out: including it would break that equality.
+    "random_k": {"conv", "shortcut"},
 }
+MASKED_MODES = ("random_k",)
 
 
 def role_of(path: str) -> str:
@@ -78,3 +86,24 @@ def merge(*trees) -> dict:
 
 def count(tree) -> int:
     return sum(int(leaf.size) for leaf in _flat(tree).values())
+
+
+def random_k_masks(trainable, k: int, key) -> dict:
+    """For each kernel in `trainable` (H, W, In, Out), a 0/1 float mask with exactly min(k, H*W*In)
+    ones per output channel, at positions drawn from `key` (fold_in by the leaf's path order)."""
+    masks = {}
+    for index, (path, kernel) in enumerate(sorted(_flat(trainable).items())):
+        out_channels = kernel.shape[-1]
+        per_channel = int(np.prod(kernel.shape[:-1]))
+        scores = jax.random.uniform(jax.random.fold_in(key, index), (per_channel, out_channels))
+        ranks = jnp.argsort(jnp.argsort(scores, axis=0), axis=0)  # each column a permutation
+        masks[path] = (ranks < min(k, per_channel)).astype(jnp.float32).reshape(kernel.shape)
+    return traverse_util.unflatten_dict(masks, sep="/")
+
+
+def trainable_count(trainable, mode: str, k: int) -> int:
+    """How many parameters learn: every trainable element, or the k per channel of random_k."""
+    if mode not in MASKED_MODES:
+        return count(trainable)
+    return sum(min(k, int(np.prod(leaf.shape[:-1]))) * leaf.shape[-1]
+               for leaf in _flat(trainable).values())

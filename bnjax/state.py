@@ -37,6 +37,16 @@ def augment_key(seed: int) -> jax.Array:
     return jax.random.fold_in(jax.random.key(seed), 1)
 
 
+def mask_key(seed: int) -> jax.Array:
+    return jax.random.fold_in(jax.random.key(seed), 2)
+
+
+def on_cpu(function, *args):
+    """Run `function` jitted on the CPU: seeded draws must be bit-identical on every backend."""
+    with jax.default_device(jax.devices("cpu")[0]):
+        return jax.jit(function)(*args)
+
+
 def _init_fn(model, image_shape):
     def init(key):
         return model.init(key, jnp.zeros((1,) + tuple(image_shape), jnp.float32), train=False)
@@ -51,8 +61,7 @@ def init_variables(model, seed: int, image_shape) -> dict:
     draws go through float functions (erfinv, scaling) whose last bits can differ between
     backends and between jit and eager, and the frozen weights must be bit-identical everywhere.
     """
-    with jax.default_device(jax.devices("cpu")[0]):
-        return jax.jit(_init_fn(model, image_shape))(model_key(seed))
+    return on_cpu(_init_fn(model, image_shape), model_key(seed))
 
 
 def variable_shapes(model, image_shape) -> dict:
@@ -83,15 +92,30 @@ def learning_rate_schedule(train_config, steps_per_epoch: int) -> optax.Schedule
                                 [warmup_steps])
 
 
-def make_optimizer(train_config, labels, schedule) -> optax.GradientTransformation:
+def mask_updates(masks) -> optax.GradientTransformation:
+    """Multiply the updates of the leaves in `masks` elementwise (random_k's chosen elements)."""
+    flat_masks = traverse_util.flatten_dict(masks, sep="/")
+
+    def update_fn(updates, state, params=None):
+        flat = traverse_util.flatten_dict(updates, sep="/")
+        masked = {path: update * flat_masks[path] if path in flat_masks else update
+                  for path, update in flat.items()}
+        return traverse_util.unflatten_dict(masked, sep="/"), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+
+
+def make_optimizer(train_config, labels, schedule, masks=None) -> optax.GradientTransformation:
     """SGD with momentum and weight decay on trainable leaves; frozen leaves get nothing.
 
-    optax.multi_transform keeps optimizer state only for the 'trainable' partition.
+    optax.multi_transform keeps optimizer state only for the 'trainable' partition. With
+    masks (random_k), only the masked-in elements of a trainable leaf ever change.
     """
     learner = optax.chain(
         optax.add_decayed_weights(train_config.weight_decay),
         optax.sgd(schedule, momentum=train_config.momentum or None,
                   nesterov=train_config.nesterov),
+        *([mask_updates(masks)] if masks is not None else []),
     )
     return optax.multi_transform(
         {partition.TRAINABLE: learner, partition.FROZEN: optax.set_to_zero()}, labels)
@@ -104,8 +128,10 @@ class ModelSetup:
     labels: dict
     schedule: optax.Schedule
     optimizer: optax.GradientTransformation
+    masks: dict | None  # random_k's per-element masks over the trainable leaves
     total_params: int
-    frozen_checksum: str
+    trainable_params: int
+    frozen_checksum: str  # of the frozen weights (and masks): what the seed must regenerate
 
 
 def initialize(config, num_classes: int, image_shape, steps_per_epoch: int):
@@ -113,13 +139,21 @@ def initialize(config, num_classes: int, image_shape, steps_per_epoch: int):
     model = build_model(config.model, num_classes)
     variables = init_variables(model, config.seed, image_shape)
     params = variables["params"]
-    labels = partition.param_labels(params, config.train.mode)
-    schedule = learning_rate_schedule(config.train, steps_per_epoch)
-    optimizer = make_optimizer(config.train, labels, schedule)
+    mode = config.train.mode
+    labels = partition.param_labels(params, mode)
     trainable, frozen = partition.split(params, labels)
+    masks = None
+    if mode in partition.MASKED_MODES:
+        masks = on_cpu(lambda key: partition.random_k_masks(trainable, config.train.random_k,
+                                                            key), mask_key(config.seed))
+    schedule = learning_rate_schedule(config.train, steps_per_epoch)
+    optimizer = make_optimizer(config.train, labels, schedule, masks)
     state = TrainState(step=jnp.asarray(0, jnp.int32), trainable=trainable,
                        batch_stats=variables.get("batch_stats", {}),
                        opt_state=optimizer.init(params))
-    setup = ModelSetup(model, labels, schedule, optimizer, partition.count(params),
-                       weights_checksum(frozen))
+    setup = ModelSetup(model, labels, schedule, optimizer, masks,
+                       total_params=partition.count(params),
+                       trainable_params=partition.trainable_count(trainable, mode,
+                                                                  config.train.random_k),
+                       frozen_checksum=weights_checksum({"frozen": frozen, "masks": masks or {}}))
     return setup, state, frozen

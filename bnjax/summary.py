@@ -19,8 +19,9 @@ def counts(config) -> dict:
     spec = parse_name(config.model.name)
     model = build_model(config.model, class_count(config.data))
     params = variable_shapes(model, (spec.image_size, spec.image_size, 3))["params"]
-    modes = {mode: partition.count(partition.split(params, partition.param_labels(params, mode))[0])
-             for mode in config_lib.MODES}
+    modes = {mode: partition.trainable_count(
+        partition.split(params, partition.param_labels(params, mode))[0], mode,
+        config.train.random_k) for mode in config_lib.MODES}
     return {"total": partition.count(params), "bn": modes["bn"], "modes": modes}
 
 

@@ -33,7 +33,6 @@ class Run:
     eval_data: data_lib.Dataset
     steps_per_epoch: int
     total_steps: int
-    trainable_params: int
 
     def describe(self) -> dict:
         return runinfo.describe(self.config, self.setup.frozen_checksum,
@@ -58,8 +57,7 @@ def build_run(config):
     setup, state, frozen = initialize(config, train_data.num_classes,
                                       train_data.images.shape[1:], per_epoch)
     run = Run(config=config, setup=setup, train_data=train_data, eval_data=eval_data,
-              steps_per_epoch=per_epoch, total_steps=per_epoch * config.train.epochs,
-              trainable_params=partition.count(state.trainable))
+              steps_per_epoch=per_epoch, total_steps=per_epoch * config.train.epochs)
     return run, state, frozen
 
 
@@ -109,7 +107,7 @@ def _final_metrics(run: Run, history: list, speed: float | None, wall_time: floa
     return {"test_accuracy": final["test_accuracy"], "test_loss": final["test_loss"],
             "train_loss": final["train_loss"], "train_accuracy": final["train_accuracy"],
             "epochs": config.train.epochs, "steps": run.total_steps,
-            "trainable_params": run.trainable_params, "total_params": run.setup.total_params,
+            "trainable_params": run.setup.trainable_params, "total_params": run.setup.total_params,
             "model": config.model.name, "mode": config.train.mode, "seed": config.seed,
             "train_images_per_s": speed, "wall_time_s": wall_time, "history": history,
             "frozen_checksum": run.setup.frozen_checksum}
@@ -139,7 +137,7 @@ def _train_loop(run, workdir, manager, state, frozen, history, description, stop
     config = run.config
     start_step = int(state.step)
     logging.info("%s, mode %s: %d of %d parameters trainable; step %d of %d (%d epochs x %d)",
-                 config.model.name, config.train.mode, run.trainable_params,
+                 config.model.name, config.train.mode, run.setup.trainable_params,
                  run.setup.total_params,
                  start_step, run.total_steps, config.train.epochs, run.steps_per_epoch)
     mesh = make_mesh()

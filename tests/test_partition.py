@@ -67,3 +67,39 @@ def test_warmup_then_milestones_stay_on_absolute_epochs():
     assert float(schedule(25)) == pytest.approx(0.05)
     assert float(schedule(299)) == pytest.approx(0.1)
     assert float(schedule(300)) == pytest.approx(0.01)
+
+
+@pytest.mark.parametrize("name", ["cifar_resnet_8", "cifar_resnet_14", "cifar_resnet_20",
+                                  "cifar_resnet_56", "cifar_resnet_110", "cifar_resnet_14_64",
+                                  "cifar_resnet_14_512"])
+def test_random_k2_trains_as_many_parameters_as_bn(name):
+    from bnjax.summary import counts
+
+    config = base_config()
+    config.model.name = name
+    modes = counts(config)["modes"]
+    assert modes["random_k"] == modes["bn"]
+
+
+def _masks(params, seed, k=2):
+    from bnjax.state import mask_key, on_cpu
+
+    trainable, _ = partition.split(params, partition.param_labels(params, "random_k"))
+    return trainable, on_cpu(lambda key: partition.random_k_masks(trainable, k, key),
+                             mask_key(seed))
+
+
+def test_random_k_masks_pick_k_per_channel_and_follow_the_seed(params):
+    trainable, masks = _masks(params, seed=0)
+    for path, mask in partition._flat(masks).items():
+        mask = np.asarray(mask)
+        assert mask.shape == partition._flat(trainable)[path].shape
+        per_channel = mask.reshape(-1, mask.shape[-1]).sum(axis=0)
+        assert np.all(per_channel == min(2, mask[..., 0].size)), path
+    total = sum(int(np.asarray(m).sum()) for m in partition._flat(masks).values())
+    assert total == partition.trainable_count(trainable, "random_k", 2)
+    _, again = _masks(params, seed=0)
+    _, other = _masks(params, seed=1)
+    flat, flat_again, flat_other = (partition._flat(t) for t in (masks, again, other))
+    assert all(np.array_equal(flat[p], flat_again[p]) for p in flat)
+    assert not all(np.array_equal(flat[p], flat_other[p]) for p in flat)

@@ -46,6 +46,22 @@ def test_only_trainable_leaves_change(tiny_config, mode):
     assert not np.array_equal(stats0["bn"]["mean"], stats1["bn"]["mean"])
 
 
+def test_random_k_changes_only_the_chosen_elements(tiny_config):
+    tiny_config.train.mode = "random_k"
+    run, initial, final, _, _ = _train_steps(tiny_config, 3)
+    masks = partition._flat(run.setup.masks)
+    before, after = partition._flat(initial), partition._flat(final)
+    changed = 0
+    for path in before:
+        moved = np.asarray(before[path]) != np.asarray(after[path])
+        if path in masks:
+            assert not np.any(moved & (np.asarray(masks[path]) == 0)), path
+            changed += int(moved.sum())
+        else:
+            assert not moved.any(), path
+    assert changed == run.setup.trainable_params  # every chosen element moved
+
+
 def test_eval_uses_running_averages(tiny_config):
     run, state, frozen = build_run(tiny_config)
     eval_step = make_eval_step(run.setup.model)
