@@ -5,6 +5,9 @@
     bnjax export      --workdir=DIR --out=FILE [--step=N]
     bnjax eval        --export=FILE [--data_source=PATH]
     bnjax materialize --export=FILE --out=DIR
+    bnjax sweep       --config=... --grid='train.mode=bn,output;seed=0,1' --workdir=ROOT
+                      [--launcher=local|print]
+    bnjax aggregate   --workdir=ROOT
 
 Wrong input (a bad flag, config field or dataset) prints one clear line and exits with status 2.
 """
@@ -30,6 +33,10 @@ _OUT = flags.DEFINE_string("out", None, "Where `export` writes its file / `mater
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step to export (default: the latest).")
 _DATA_SOURCE = flags.DEFINE_string("data_source", None, "Evaluate on this data source instead "
                                    "of the one recorded in the export.")
+_GRID = flags.DEFINE_string("grid", None, "Sweep grid: FIELD=V1,V2;FIELD=V1,... "
+                            "(tuples as 2/3).")
+_LAUNCHER = flags.DEFINE_enum("launcher", "local", ["local", "print"], "Sweep: run the points "
+                              "here one after another, or print their commands.")
 _STOP_AT_STEP = flags.DEFINE_integer("stop_at_step", None, "Save a checkpoint after this "
                                      "global step and exit; rerun to continue (for time-limited "
                                      "job slots).")
@@ -101,8 +108,27 @@ def cmd_summary() -> None:
     print(summary.render(_config()))
 
 
+def cmd_sweep() -> None:
+    from bnjax import sweep
+
+    root = _require_flag(_WORKDIR.value, "workdir", "--workdir=runs/sweep1")
+    grid = _require_flag(_GRID.value, "grid", "--grid='train.mode=bn,output;seed=0,1'")
+    config_arg = next(a.split("=", 1)[1] for a in sys.argv if a.startswith("--config="))
+    overrides = [a for a in sys.argv[1:] if a.startswith("--config.")]
+    sweep.run_sweep(_config(), grid, root, _LAUNCHER.value, config_arg, overrides)
+
+
+def cmd_aggregate() -> None:
+    from bnjax import sweep
+
+    root = _require_flag(_WORKDIR.value, "workdir", "--workdir=runs/sweep1")
+    rows = sweep.aggregate(root)
+    print(open(f"{root}/results.md").read(), end="")
+    print(f"{len(rows)} runs; wrote results.csv, results.md, accuracy_vs_trainable.png in {root}")
+
+
 COMMANDS = {"train": cmd_train, "summary": cmd_summary, "export": cmd_export, "eval": cmd_eval,
-            "materialize": cmd_materialize}
+            "materialize": cmd_materialize, "sweep": cmd_sweep, "aggregate": cmd_aggregate}
 
 
 def parse_flags(argv):

@@ -1,0 +1,190 @@
+"""`bnjax sweep`: a grid of runs (any config fields), run one after another or printed as
+commands, and every finished run's metrics.json gathered into a CSV, a Markdown table and the
+paper-style plot of test accuracy against the number of trainable parameters.
+
+A grid is written `FIELD=V1,V2;FIELD=V1,...`, e.g.
+`model.name=cifar_resnet_14,cifar_resnet_20;train.mode=bn,output;seed=0,1`. Values are parsed
+by the type of the field in the config. Each run lives in ROOT/<field=value,...>; runs whose
+metrics.json exists are skipped, unfinished ones resume from their checkpoints.
+"""
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import os
+import shlex
+
+from absl import logging
+
+from bnjax import config as config_lib
+from bnjax.errors import ConfigError
+
+
+def _parse_value(field: str, text: str, current):
+    try:
+        if isinstance(current, bool):
+            if text.lower() not in ("true", "false"):
+                raise ValueError(text)
+            return text.lower() == "true"
+        if isinstance(current, (int, float)):
+            return type(current)(text)
+        if isinstance(current, tuple):
+            return tuple(int(v) for v in text.strip("()").split("/") if v)
+        return text
+    except ValueError:
+        raise ConfigError(f"sweep grid: {field}={text!r} is not a valid "
+                          f"{type(current).__name__}") from None
+
+
+def parse_grid(spec: str, config) -> list[tuple[str, list]]:
+    """[(field, [values])] in the order given. Tuples are written with '/': lr_milestones=2/3."""
+    known = dict(config_lib._flat_items(config))
+    grid = []
+    for part in filter(None, (p.strip() for p in spec.split(";"))):
+        field, sep, values = part.partition("=")
+        field = field.strip()
+        if not sep or not values:
+            raise ConfigError(f"sweep grid: '{part}' is not FIELD=V1,V2,...")
+        if field not in known:
+            raise ConfigError(f"sweep grid: '{field}' is not a config field (see bnjax summary)")
+        grid.append((field, [_parse_value(field, v.strip(), known[field])
+                             for v in values.split(",")]))
+    if not grid:
+        raise ConfigError("sweep grid is empty; give --grid='train.mode=bn,all;seed=0,1'")
+    return grid
+
+
+def _set(config, field: str, value) -> None:
+    *groups, name = field.split(".")
+    node = config
+    for group in groups:
+        node = node[group]
+    node[name] = value
+
+
+def _run_name(overrides: dict) -> str:
+    def show(value):
+        return "/".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+    return ",".join(f"{field}={show(value)}" for field, value in overrides.items()).replace(
+        os.sep, "_")
+
+
+def expand(config, grid) -> list[tuple[str, dict, object]]:
+    """[(run name, overrides, validated config)] for every point of the grid."""
+    runs = []
+    for values in itertools.product(*(v for _, v in grid)):
+        overrides = dict(zip((f for f, _ in grid), values))
+        point = config.copy_and_resolve_references()
+        for field, value in overrides.items():
+            _set(point, field, value)
+        try:
+            config_lib.validate(point)
+        except ConfigError as error:
+            raise ConfigError(f"sweep point {_run_name(overrides)}: {error}") from None
+        runs.append((_run_name(overrides), overrides, point))
+    return runs
+
+
+def train_command(config_arg: str, base_overrides: list[str], workdir: str,
+                  overrides: dict) -> str:
+    def show(value):
+        return f"({','.join(map(str, value))})" if isinstance(value, tuple) else str(value)
+
+    words = ["bnjax", "train", f"--config={config_arg}", f"--workdir={workdir}",
+             *base_overrides, *(f"--config.{f}={show(v)}" for f, v in overrides.items())]
+    return " ".join(shlex.quote(w) for w in words)
+
+
+def run_sweep(config, grid_spec: str, root: str, launcher: str, config_arg: str,
+              base_overrides: list[str]) -> list[str]:
+    """Run (launcher 'local') or print (launcher 'print') every grid point; return the commands."""
+    runs = expand(config, parse_grid(grid_spec, config))  # every point valid before any runs
+    commands = []
+    for index, (name, overrides, point) in enumerate(runs, 1):
+        workdir = os.path.join(root, name)
+        command = train_command(config_arg, base_overrides, workdir, overrides)
+        commands.append(command)
+        if launcher == "print":
+            print(command)
+            continue
+        if os.path.exists(os.path.join(workdir, "metrics.json")):
+            logging.info("sweep %d/%d %s: finished before, skipped", index, len(runs), name)
+            continue
+        logging.info("sweep %d/%d %s", index, len(runs), name)
+        from bnjax.train import train_and_evaluate  # imports jax; printing needs none of it
+
+        train_and_evaluate(point, workdir)
+    if launcher == "local":
+        aggregate(root)
+    return commands
+
+
+COLUMNS = ("run", "model", "mode", "seed", "epochs", "trainable_params", "total_params",
+           "test_accuracy", "test_loss", "train_accuracy", "wall_time_s")
+
+
+def collect(root: str) -> list[dict]:
+    rows = []
+    for name in sorted(os.listdir(root)):
+        path = os.path.join(root, name, "metrics.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                metrics = json.load(f)
+            rows.append({"run": name, **{c: metrics.get(c) for c in COLUMNS[1:]}})
+    return rows
+
+
+def _family(model_name: str) -> str:
+    from bnjax.models import parse_name
+
+    spec = parse_name(model_name)
+    return "deep ResNets (width 16)" if spec.width == 16 else f"ResNet-{spec.depth}, varying width"
+
+
+def plot(rows: list[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    families = sorted({_family(r["model"]) for r in rows})
+    figure, axes = plt.subplots(1, len(families), figsize=(6 * len(families), 4.5), squeeze=False)
+    for axis, family in zip(axes[0], families):
+        for mode in sorted({r["mode"] for r in rows}):
+            points = sorted((r["trainable_params"], 100 * r["test_accuracy"]) for r in rows
+                            if r["mode"] == mode and _family(r["model"]) == family
+                            and r["trainable_params"])
+            if points:
+                axis.plot(*zip(*points), marker="o", label=mode)
+        axis.set_xscale("log")
+        axis.set_xlabel("trainable parameters")
+        axis.set_ylabel("test accuracy (%)")
+        axis.set_title(family)
+        axis.grid(alpha=0.3)
+        axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def aggregate(root: str) -> list[dict]:
+    """Write ROOT/results.csv, ROOT/results.md and ROOT/accuracy_vs_trainable.png."""
+    rows = collect(root)
+    if not rows:
+        raise ConfigError(f"{root} holds no finished runs (no */metrics.json)")
+    with open(os.path.join(root, "results.csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = ["| model | mode | seed | epochs | trainable | test accuracy (%) |",
+             "|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (r["model"], -r["test_accuracy"])):
+        lines.append(f"| {r['model']} | {r['mode']} | {r['seed']} | {r['epochs']} | "
+                     f"{r['trainable_params']:,} | {100 * r['test_accuracy']:.2f} |")
+    with open(os.path.join(root, "results.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    plot(rows, os.path.join(root, "accuracy_vs_trainable.png"))
+    logging.info("wrote results.csv, results.md and accuracy_vs_trainable.png in %s", root)
+    return rows
