@@ -13,6 +13,7 @@ import os
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
+from bnjax import config as config_lib
 from bnjax import runinfo
 from bnjax.errors import CheckpointError
 
@@ -71,7 +72,8 @@ def restore_state(manager, step: int, target_state):
 
 def check_same_run(saved: dict, current: dict, where: str) -> None:
     """Refuse to continue a run whose config, PRNG settings or frozen weights differ."""
-    differences = runinfo.config_differences(saved["config"], current["config"])
+    saved_config = config_lib.from_dict(saved["config"]).to_dict()  # older runs lack new fields
+    differences = runinfo.config_differences(saved_config, current["config"])
     if differences:
         listed = "; ".join(f"{field}: saved {old!r}, now {new!r}"
                            for field, old, new in differences[:6])

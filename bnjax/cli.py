@@ -8,6 +8,7 @@
     bnjax sweep       --config=... --grid='train.mode=bn,output;seed=0,1' --workdir=ROOT
                       [--launcher=local|print]
     bnjax aggregate   --workdir=ROOT
+    bnjax analyze     --workdir=DIR[,DIR2,...] | --export=FILE[,FILE2] --out=DIR
 
 Wrong input (a bad flag, config field or dataset) prints one clear line and exits with status 2.
 """
@@ -127,8 +128,25 @@ def cmd_aggregate() -> None:
     print(f"{len(rows)} runs; wrote results.csv, results.md, accuracy_vs_trainable.png in {root}")
 
 
+def cmd_analyze() -> None:
+    from bnjax import analyze, export
+
+    if bool(_WORKDIR.value) == bool(_EXPORT.value):
+        _fail("give --workdir=DIR[,DIR2] or --export=FILE[,FILE2] (one of them)")
+    out = _require_flag(_OUT.value, "out", "--out=analysis")
+    if _WORKDIR.value:
+        models = [export.load_from_workdir(w) for w in _WORKDIR.value.split(",")]
+    else:
+        models = [export.load_export(e) for e in _EXPORT.value.split(",")]
+    results = [analyze.analyze(m, _DATA_SOURCE.value) for m in models]
+    analyze.write_outputs(results, out)
+    print(analyze.report(results), end="")
+    print(f"wrote report.md, gamma_histograms.png, ablation.png, ablation.csv in {out}")
+
+
 COMMANDS = {"train": cmd_train, "summary": cmd_summary, "export": cmd_export, "eval": cmd_eval,
-            "materialize": cmd_materialize, "sweep": cmd_sweep, "aggregate": cmd_aggregate}
+            "materialize": cmd_materialize, "sweep": cmd_sweep, "aggregate": cmd_aggregate,
+            "analyze": cmd_analyze}
 
 
 def parse_flags(argv):

@@ -68,6 +68,24 @@ def base_config() -> ml_collections.ConfigDict:
     return config
 
 
+def from_dict(saved: dict) -> ml_collections.ConfigDict:
+    """A config saved by (possibly an older) bnjax: fields it lacks take today's defaults."""
+    config = base_config()
+
+    def fill(node, values, prefix):
+        for key, value in values.items():
+            if key not in node:
+                raise ConfigError(f"saved config field '{prefix}{key}' is unknown to this "
+                                  "version of bnjax; use the version that wrote it")
+            if isinstance(node[key], ml_collections.ConfigDict):
+                fill(node[key], value, f"{prefix}{key}.")
+            else:
+                node[key] = tuple(value) if isinstance(node[key], tuple) else value
+
+    fill(config, saved, "")
+    return config
+
+
 def _flat_items(config, prefix=""):
     for key, value in config.items():
         name = f"{prefix}{key}"

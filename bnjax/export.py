@@ -8,6 +8,7 @@ weights from the seed and refuses them unless their checksum matches.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -19,10 +20,11 @@ import orbax.checkpoint as ocp
 from flax import serialization
 
 from bnjax import checkpoint, partition, runinfo
+from bnjax import config as config_lib
 from bnjax import data as data_lib
 from bnjax.errors import CheckpointError
 from bnjax.metrics import write_json
-from bnjax.state import initialize, weights_checksum
+from bnjax.state import initialize
 from bnjax.step import evaluate, make_eval_step, make_mesh, replicate
 
 MAGIC = b"BNJAX-EXPORT\n"
@@ -32,17 +34,27 @@ _DIGEST_BYTES = 32
 
 def _model_from_description(description: dict):
     """(setup, fresh state, frozen weights) rebuilt from the seed, checked against the checksum."""
-    config = ml_collections.ConfigDict(description["config"])
+    config = config_lib.from_dict(description["config"])
     setup, state, frozen = initialize(config, description["num_classes"],
                                       tuple(description["image_shape"]), steps_per_epoch=1)
-    current = runinfo.describe(config, weights_checksum(frozen), description["num_classes"],
+    current = runinfo.describe(config, setup.frozen_checksum, description["num_classes"],
                                description["image_shape"])
     runinfo.check_same_weights(description, current, "the export")
     return config, setup, state, frozen
 
 
-def export_from_workdir(workdir: str, out_path: str, step: int | None = None) -> dict:
-    """Write the export file for the latest (or the given) checkpoint step of a workdir."""
+@dataclasses.dataclass
+class Trained:
+    """A trained model rebuilt from a workdir or an export: every weight, checked."""
+    config: ml_collections.ConfigDict
+    setup: object
+    state: object  # TrainState (step 0 and fresh optimizer state when loaded from an export)
+    frozen: dict
+    description: dict  # the run description, the checkpoint step and final metrics
+
+
+def load_from_workdir(workdir: str, step: int | None = None) -> Trained:
+    """The latest (or the given) checkpoint step of a workdir, frozen weights regenerated."""
     if not os.path.isdir(checkpoint.checkpoint_dir(workdir)):
         raise CheckpointError(f"{workdir} has no checkpoints/ folder; train with "
                               f"`bnjax train --workdir={workdir}` first")
@@ -54,7 +66,7 @@ def export_from_workdir(workdir: str, out_path: str, step: int | None = None) ->
             raise CheckpointError(f"{workdir} has no checkpoint at step {step}; it has "
                                   f"{sorted(manager.all_steps())}")
         meta = checkpoint.read_meta(manager, step)
-        _, _, target, _ = _model_from_description(meta)
+        config, setup, target, frozen = _model_from_description(meta)
         state = checkpoint.restore_state(manager, step, target)
     finally:
         manager.close()
@@ -64,9 +76,16 @@ def export_from_workdir(workdir: str, out_path: str, step: int | None = None) ->
         with open(metrics_path) as f:
             metrics = {k: v for k, v in json.load(f).items() if k != "history"}
     description = {k: v for k, v in meta.items() if k not in ("format", "history")}
-    write_export(out_path, {**description, "step": step, "metrics": metrics},
-                 state.trainable, state.batch_stats)
-    return {"step": step, "bytes": os.path.getsize(out_path)}
+    return Trained(config, setup, state, frozen, {**description, "step": step,
+                                                  "metrics": metrics})
+
+
+def export_from_workdir(workdir: str, out_path: str, step: int | None = None) -> dict:
+    """Write the export file for the latest (or the given) checkpoint step of a workdir."""
+    trained = load_from_workdir(workdir, step)
+    write_export(out_path, trained.description, trained.state.trainable,
+                 trained.state.batch_stats)
+    return {"step": trained.description["step"], "bytes": os.path.getsize(out_path)}
 
 
 def write_export(path: str, description: dict, trainable, batch_stats) -> None:
@@ -106,8 +125,8 @@ def read_export(path: str) -> tuple[dict, dict, dict]:
     return description, payload["trainable"], payload["batch_stats"]
 
 
-def load_export(path: str):
-    """(config, setup, state, frozen, description): the full model, weights checked."""
+def load_export(path: str) -> Trained:
+    """The full model of an export file, weights checked."""
     description, trainable, batch_stats = read_export(path)
     config, setup, state, frozen = _model_from_description(description)
     if jax.tree.structure(trainable) != jax.tree.structure(state.trainable):
@@ -115,12 +134,13 @@ def load_export(path: str):
                               f"mode {config.train.mode}")
     state = state.replace(trainable=jax.tree.map(np.asarray, trainable),
                           batch_stats=jax.tree.map(np.asarray, batch_stats))
-    return config, setup, state, frozen, description
+    return Trained(config, setup, state, frozen, description)
 
 
 def materialize(export_path: str, out_dir: str) -> str:
     """Write every weight (params and batch_stats) as an Orbax checkpoint plus model.json."""
-    config, _, state, frozen, description = load_export(export_path)
+    trained = load_export(export_path)
+    state, frozen, description = trained.state, trained.frozen, trained.description
     if os.path.exists(out_dir) and os.listdir(out_dir):
         raise CheckpointError(f"--out={out_dir} exists and is not empty; choose a new folder")
     variables = {"params": partition.merge(state.trainable, frozen),
@@ -138,13 +158,14 @@ def materialize(export_path: str, out_dir: str) -> str:
 
 def evaluate_export(path: str, data_source: str | None = None) -> dict:
     """Test loss and accuracy of an exported model, without its training workdir."""
-    config, setup, state, frozen, description = load_export(path)
+    trained = load_export(path)
+    config, description = trained.config, trained.description
     if data_source:
         config.data.source = data_source
     _, eval_data = data_lib.load_splits(config.data)
     mesh = make_mesh()
-    state, frozen = replicate((state, frozen), mesh)
-    result = evaluate(make_eval_step(setup.model), mesh, state, frozen, eval_data,
+    state, frozen = replicate((trained.state, trained.frozen), mesh)
+    result = evaluate(make_eval_step(trained.setup.model), mesh, state, frozen, eval_data,
                       config.eval.batch_size)
     return {"test_accuracy": result["accuracy"], "test_loss": result["loss"],
             "model": config.model.name, "mode": config.train.mode, "seed": config.seed,

@@ -150,9 +150,9 @@ def test_materialized_weights_are_the_full_model(exported, tmp_path):
     out = export.materialize(path, str(tmp_path / "full"))
     restored = ocp.StandardCheckpointer().restore(os.path.join(os.path.abspath(out),
                                                                "variables"))
-    _, setup, state, frozen, _ = export.load_export(path)
-    expected = partition.merge(state.trainable, frozen)
-    assert partition.count(restored["params"]) == setup.total_params
+    trained = export.load_export(path)
+    expected = partition.merge(trained.state.trainable, trained.frozen)
+    assert partition.count(restored["params"]) == trained.setup.total_params
     for a, b in zip(jax.tree.leaves(restored["params"]), jax.tree.leaves(expected)):
         np.testing.assert_array_equal(a, b)
     description = json.load(open(os.path.join(out, "model.json")))

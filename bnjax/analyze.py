@@ -1,0 +1,226 @@
+"""`bnjax analyze`: what BatchNorm learned (paper, section 5).
+
+- gamma: histograms per stage and overall, and the fraction with |gamma| < 0.01;
+- disabled channels: a channel of a BatchNorm that feeds a ReLU directly (the stem's `bn` and
+  every block's `bn1`) is *disabled* when its BatchNorm output is <= 0 at every position of every
+  test image, so the ReLU after it outputs exactly zero for the whole test set. (`bn2` and
+  `shortcut_bn` are summed before their ReLU, so no channel of theirs can be judged alone.)
+- ablation: set the gammas with the smallest |gamma| (ranked over the whole network) to zero and
+  measure test accuracy against the fraction zeroed.
+Several runs (e.g. a `bn` and an `all` run) give a side-by-side report.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+from flax import traverse_util
+
+from bnjax import data as data_lib
+from bnjax import partition
+from bnjax.data.augment import normalize
+from bnjax.data.batches import eval_batches
+from bnjax.step import evaluate, make_eval_step, make_mesh, replicate
+
+SMALL_GAMMA = 0.01
+ABLATION_FRACTIONS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5)
+_FEEDS_RELU = re.compile(r"(^bn|/bn1)$")
+
+
+def _stage(path: str) -> str:
+    match = re.match(r"stage(\d+)_", path)
+    return f"stage{match.group(1)}" if match else "stem"
+
+
+def gammas(params) -> dict:
+    """{BatchNorm module path: gamma vector}."""
+    return {path[: -len("/scale")]: np.asarray(value)
+            for path, value in partition._flat(params).items()
+            if partition.role_of(path) == "gamma"}
+
+
+def gamma_statistics(gamma_by_layer: dict) -> dict:
+    every = np.concatenate(list(gamma_by_layer.values()))
+    by_stage = {}
+    for path, values in gamma_by_layer.items():
+        by_stage.setdefault(_stage(path), []).append(values)
+    result = {"count": int(every.size),
+              "fraction_abs_below_0.01": float(np.mean(np.abs(every) < SMALL_GAMMA)),
+              "fraction_negative": float(np.mean(every < 0)),
+              "by_stage": {}}
+    for stage, parts in sorted(by_stage.items()):
+        values = np.concatenate(parts)
+        result["by_stage"][stage] = {"count": int(values.size),
+                                     "fraction_abs_below_0.01":
+                                         float(np.mean(np.abs(values) < SMALL_GAMMA))}
+    return result
+
+
+def disabled_channels(model, variables, data, batch_size: int) -> dict:
+    """Per ReLU-fed BatchNorm: which channels never produce a positive output on `data`."""
+    def batch_max(images):
+        _, captured = model.apply(variables, normalize(images), train=False,
+                                  capture_intermediates=lambda m, _: isinstance(m, nn.BatchNorm))
+        flat = partition._flat(captured["intermediates"])
+        return {path[: -len("/__call__")]: jnp.max(out[0], axis=(0, 1, 2))
+                for path, out in flat.items() if _FEEDS_RELU.search(path[: -len("/__call__")])}
+
+    batch_max = jax.jit(batch_max)
+    maxima = None
+    for images, _, weights in eval_batches(data, min(batch_size, len(data))):
+        real = images[: int(weights.sum())]  # padding images are not test examples
+        current = jax.device_get(batch_max(real))
+        maxima = current if maxima is None else jax.tree.map(np.maximum, maxima, current)
+    layers = {path: int(np.sum(values <= 0)) for path, values in maxima.items()}
+    channels = sum(v.size for v in maxima.values())
+    return {"definition": "BatchNorm output <= 0 at every position of every test image, for "
+                          "BatchNorms feeding a ReLU directly (stem bn and each block's bn1)",
+            "channels": int(channels), "disabled": int(sum(layers.values())),
+            "fraction_disabled": float(sum(layers.values()) / channels),
+            "disabled_by_layer": layers}
+
+
+def zero_smallest_gammas(params, fraction: float):
+    """params with the `fraction` of gammas of smallest |gamma| (network-wide) set to 0."""
+    flat = partition._flat(params)
+    paths = [p for p in flat if partition.role_of(p) == "gamma"]
+    every = np.concatenate([np.abs(np.asarray(flat[p])) for p in paths])
+    count = int(round(fraction * every.size))
+    if count == 0:
+        return params
+    threshold_rank = np.argsort(every, kind="stable")[:count]
+    keep = np.ones(every.size, bool)
+    keep[threshold_rank] = False
+    offset, updated = 0, dict(flat)
+    for path in paths:
+        size = flat[path].size
+        updated[path] = np.where(keep[offset:offset + size], np.asarray(flat[path]), 0.0)
+        offset += size
+    return traverse_util.unflatten_dict(updated, sep="/")
+
+
+def analyze(trained, data_source: str | None = None) -> dict:
+    """All analyses of one trained model (bnjax.export.Trained) on its test split."""
+    config = trained.config
+    if data_source:
+        config.data.source = data_source
+    _, test = data_lib.load_splits(config.data)
+    params = partition.merge(jax.device_get(trained.state.trainable), trained.frozen)
+    batch_stats = jax.device_get(trained.state.batch_stats)
+    model = trained.setup.model
+    mesh = make_mesh()
+    eval_step = make_eval_step(model)
+    ablation = []
+    for fraction in ABLATION_FRACTIONS:
+        ablated = zero_smallest_gammas(params, fraction)
+        # the whole ablated tree goes in as "trainable" (frozen empty): gammas may be frozen
+        state = trained.state.replace(trainable=ablated, batch_stats=batch_stats)
+        result = evaluate(eval_step, mesh, replicate(state, mesh), replicate({}, mesh), test,
+                          config.eval.batch_size)
+        ablation.append({"fraction_zeroed": fraction, "test_accuracy": result["accuracy"]})
+    gamma_by_layer = gammas(params)
+    return {"model": config.model.name, "mode": config.train.mode, "seed": config.seed,
+            "step": trained.description.get("step"),
+            "gamma": gamma_statistics(gamma_by_layer),
+            "disabled": disabled_channels(model, {"params": params, "batch_stats": batch_stats},
+                                          test, config.eval.batch_size),
+            "ablation": ablation,
+            "_gammas": {k: v.tolist() for k, v in gamma_by_layer.items()}}
+
+
+def _label(result: dict) -> str:
+    return f"{result['model']} {result['mode']}"
+
+
+def plot_histograms(results: list[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stages = sorted({_stage(p) for r in results for p in r["_gammas"]})
+    panels = ["overall"] + stages
+    figure, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.5), squeeze=False)
+    for axis, panel in zip(axes[0], panels):
+        for result in results:
+            values = np.concatenate([np.asarray(v) for p, v in result["_gammas"].items()
+                                     if panel == "overall" or _stage(p) == panel])
+            axis.hist(values, bins=60, alpha=0.55, label=_label(result))
+        axis.set_title(f"gamma, {panel}")
+        axis.set_xlabel("gamma")
+        axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def plot_ablation(results: list[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(5, 3.8))
+    for result in results:
+        points = [(100 * a["fraction_zeroed"], 100 * a["test_accuracy"])
+                  for a in result["ablation"]]
+        axis.plot(*zip(*points), marker="o", label=_label(result))
+    axis.set_xlabel("gammas set to zero, smallest |gamma| first (%)")
+    axis.set_ylabel("test accuracy (%)")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def report(results: list[dict]) -> str:
+    """A Markdown table with one column per analysed run."""
+    header = "| | " + " | ".join(_label(r) for r in results) + " |"
+    rows = [header, "|---" * (len(results) + 1) + "|"]
+
+    def row(name, values):
+        rows.append(f"| {name} | " + " | ".join(values) + " |")
+
+    row("gammas", [f"{r['gamma']['count']:,}" for r in results])
+    row("abs(gamma) < 0.01", [f"{100 * r['gamma']['fraction_abs_below_0.01']:.1f}%"
+                              for r in results])
+    row("gamma < 0", [f"{100 * r['gamma']['fraction_negative']:.1f}%" for r in results])
+    row("disabled channels (ReLU-fed BNs)", [
+        f"{r['disabled']['disabled']}/{r['disabled']['channels']} "
+        f"({100 * r['disabled']['fraction_disabled']:.1f}%)" for r in results])
+    for index, fraction in enumerate(ABLATION_FRACTIONS):
+        row(f"accuracy, {100 * fraction:.0f}% smallest gammas zeroed",
+            [f"{100 * r['ablation'][index]['test_accuracy']:.2f}%" for r in results])
+    return "\n".join(rows) + "\n\nDisabled channel: " + results[0]["disabled"]["definition"] \
+        + ".\n"
+
+
+def write_outputs(results: list[dict], out_dir: str) -> list[str]:
+    os.makedirs(out_dir, exist_ok=True)
+    written = []
+    for index, result in enumerate(results, 1):
+        name = f"{index}_{result['model']}_{result['mode']}_seed{result['seed']}"
+        path = os.path.join(out_dir, f"analysis_{name}.json")
+        with open(path, "w") as f:
+            json.dump({k: v for k, v in result.items() if not k.startswith("_")}, f, indent=2)
+        written.append(path)
+    with open(os.path.join(out_dir, "ablation.csv"), "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["model", "mode", "seed", "fraction_zeroed", "test_accuracy"])
+        for r in results:
+            for a in r["ablation"]:
+                writer.writerow([r["model"], r["mode"], r["seed"], a["fraction_zeroed"],
+                                 a["test_accuracy"]])
+    with open(os.path.join(out_dir, "report.md"), "w") as f:
+        f.write(report(results))
+    plot_histograms(results, os.path.join(out_dir, "gamma_histograms.png"))
+    plot_ablation(results, os.path.join(out_dir, "ablation.png"))
+    return written + [os.path.join(out_dir, n) for n in
+                      ("ablation.csv", "report.md", "gamma_histograms.png", "ablation.png")]

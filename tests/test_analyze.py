@@ -1,0 +1,69 @@
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from bnjax import analyze, partition
+from bnjax.export import load_from_workdir
+from bnjax.train import train_and_evaluate
+
+
+def test_gamma_statistics_count_small_and_negative_gammas():
+    stats = analyze.gamma_statistics({"bn": np.array([0.005, -0.2, 0.5, 1.0]),
+                                      "stage2_block0/bn1": np.array([-0.001, 0.3])})
+    assert stats["count"] == 6
+    assert stats["fraction_abs_below_0.01"] == pytest.approx(2 / 6)
+    assert stats["fraction_negative"] == pytest.approx(2 / 6)
+    assert stats["by_stage"]["stem"]["fraction_abs_below_0.01"] == pytest.approx(1 / 4)
+    assert stats["by_stage"]["stage2"]["fraction_abs_below_0.01"] == pytest.approx(1 / 2)
+
+
+def test_zeroing_takes_the_smallest_gammas_network_wide():
+    params = {"bn": {"scale": np.array([0.5, -0.1, 0.9]), "bias": np.zeros(3)},
+              "stage1_block0": {"bn1": {"scale": np.array([0.05, 2.0]), "bias": np.zeros(2)},
+                                "conv1": {"kernel": np.ones((1, 1, 1, 2))}}}
+    ablated = analyze.zero_smallest_gammas(params, 0.4)  # 2 of 5
+    np.testing.assert_array_equal(ablated["bn"]["scale"], [0.5, 0.0, 0.9])
+    np.testing.assert_array_equal(ablated["stage1_block0"]["bn1"]["scale"], [0.0, 2.0])
+    np.testing.assert_array_equal(ablated["stage1_block0"]["conv1"]["kernel"], np.ones((1, 1, 1, 2)))
+
+
+@pytest.fixture(scope="module")
+def trained(image_folder, tmp_path_factory):
+    from conftest import tiny_config_for
+
+    config = tiny_config_for(image_folder, str(tmp_path_factory.mktemp("cache")))
+    config.train.epochs = 1
+    workdir = str(tmp_path_factory.mktemp("run"))
+    train_and_evaluate(config, workdir)
+    return load_from_workdir(workdir)
+
+
+def test_a_channel_switched_off_by_bn_is_counted_as_disabled(trained):
+    from bnjax.data import load_splits
+
+    params = partition.merge(jax.device_get(trained.state.trainable), trained.frozen)
+    variables = {"params": params, "batch_stats": jax.device_get(trained.state.batch_stats)}
+    _, test = load_splits(trained.config.data)
+    model = trained.setup.model
+    before = analyze.disabled_channels(model, variables, test, 8)
+    layer = "stage1_block0/bn1"
+    bn1 = params["stage1_block0"]["bn1"]
+    bn1["scale"], bn1["bias"] = np.array(bn1["scale"]), np.array(bn1["bias"])
+    bn1["scale"][1], bn1["bias"][1] = 0.0, -1.0  # the channel's output is -1 everywhere
+    after = analyze.disabled_channels(model, variables, test, 8)
+    assert after["disabled_by_layer"][layer] == before["disabled_by_layer"][layer] + 1
+    assert set(after["disabled_by_layer"]) == {"bn", "stage1_block0/bn1", "stage2_block0/bn1",
+                                              "stage3_block0/bn1"}
+
+
+def test_analyze_writes_report_and_plots(trained, tmp_path):
+    result = analyze.analyze(trained)
+    assert [a["fraction_zeroed"] for a in result["ablation"]] == list(analyze.ABLATION_FRACTIONS)
+    assert result["ablation"][0]["test_accuracy"] == trained.description["metrics"]["test_accuracy"]
+    written = analyze.write_outputs([result, result], str(tmp_path / "out"))
+    for path in written:
+        assert os.path.getsize(path) > 0
+    report = open(tmp_path / "out" / "report.md").read()
+    assert "abs(gamma) < 0.01" in report and "disabled channels" in report
