@@ -15,7 +15,7 @@ from orbax.checkpoint import checkpoint_managers as policies
 
 from bnjax import config as config_lib
 from bnjax import runinfo
-from bnjax.errors import CheckpointError
+from bnjax.errors import CheckpointError, DamagedCheckpointError
 
 FORMAT = "bnjax-checkpoint-1"
 
@@ -52,8 +52,13 @@ def save(manager, step: int, state, meta: dict, metrics: dict | None = None) -> 
 
 
 def read_meta(manager, step: int) -> dict:
-    meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-    if meta.get("format") != FORMAT:
+    try:
+        meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    except Exception as error:  # orbax and tensorstore raise many types for damaged files
+        raise DamagedCheckpointError(f"the metadata of checkpoint step {step} in "
+                                     f"{manager.directory} cannot be read "
+                                     f"({str(error).splitlines()[0][:200]})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{checkpoint_dir(manager.directory)} step {step} is not a bnjax "
                               f"checkpoint (format {meta.get('format')!r}, expected {FORMAT})")
     return meta
@@ -64,19 +69,27 @@ def restore_state(manager, step: int, target_state):
     try:
         restored = manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(target_state)))
-    except (ValueError, KeyError, TypeError) as error:
-        raise CheckpointError(f"checkpoint step {step} in {manager.directory} does not fit this "
-                              f"model and mode ({str(error).splitlines()[0]})") from None
+    except Exception as error:  # a changed model or mode, or damaged array files
+        raise DamagedCheckpointError(f"checkpoint step {step} in {manager.directory} cannot be "
+                                     "restored for this model and mode "
+                                     f"({str(error).splitlines()[0][:200]})") from None
     return restored["state"]
 
 
-def check_same_run(saved: dict, current: dict, where: str) -> None:
-    """Refuse to continue a run whose config, PRNG settings or frozen weights differ."""
+def check_same_run(saved: dict, current: dict, where: str, branch: bool = False) -> list:
+    """Refuse to continue a run whose config, PRNG settings or frozen weights differ.
+
+    branch=True accepts config changes (returned as [(field, saved, now)]) but never other
+    frozen weights.
+    """
     saved_config = config_lib.from_dict(saved["config"]).to_dict()  # older runs lack new fields
     differences = runinfo.config_differences(saved_config, current["config"])
-    if differences:
+    if differences and not branch:
         listed = "; ".join(f"{field}: saved {old!r}, now {new!r}"
                            for field, old, new in differences[:6])
-        raise CheckpointError(f"{where} holds a run with a different config ({listed}). "
-                              "Use a new --workdir, or rerun with the saved config.")
+        raise CheckpointError(f"{where} holds a run with a different config ({listed}). Use a "
+                              "new --workdir; or --branch to continue this run's checkpoint "
+                              "with the new config; or --overwrite to set the old run aside "
+                              "and start over.")
     runinfo.check_same_weights(saved, current, where)
+    return differences

@@ -10,7 +10,9 @@
     bnjax aggregate   --workdir=ROOT
     bnjax analyze     --workdir=DIR[,DIR2,...] | --export=FILE[,FILE2] --out=DIR
 
-Wrong input (a bad flag, config field or dataset) prints one clear line and exits with status 2.
+Wrong input (a bad flag, config field, dataset or file) prints one clear line and exits with
+status 2; a run that cannot go on (a non-finite loss, a failed save) exits with 3; a run stopped
+by SIGTERM/SIGINT saves a checkpoint and exits with 128 + the signal number.
 """
 from __future__ import annotations
 
@@ -34,6 +36,10 @@ _OUT = flags.DEFINE_string("out", None, "Where `export` writes its file / `mater
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step to export (default: the latest).")
 _DATA_SOURCE = flags.DEFINE_string("data_source", None, "Evaluate on this data source instead "
                                    "of the one recorded in the export.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "train: set a run already in --workdir aside "
+                               "(renamed to <workdir>.replaced-<time>) and start over.")
+_BRANCH = flags.DEFINE_bool("branch", False, "train: continue the latest checkpoint in "
+                            "--workdir although the config changed (e.g. a lower lr).")
 _GRID = flags.DEFINE_string("grid", None, "Sweep grid: FIELD=V1,V2;FIELD=V1,... "
                             "(tuples as 2/3).")
 _LAUNCHER = flags.DEFINE_enum("launcher", "local", ["local", "print"], "Sweep: run the points "
@@ -46,9 +52,9 @@ USAGE = __doc__.split("\n\n")[1]
 EXIT_USAGE = 2
 
 
-def _fail(message: str) -> None:
+def _fail(message: str, status: int = EXIT_USAGE) -> None:
     print(f"bnjax: error: {message}", file=sys.stderr)
-    sys.exit(EXIT_USAGE)
+    sys.exit(status)
 
 
 def _require_flag(value, name: str, example: str):
@@ -72,7 +78,8 @@ def cmd_train() -> None:
 
     workdir = _require_flag(_WORKDIR.value, "workdir", "--workdir=runs/resnet20_bn")
     try:
-        train.train_and_evaluate(_config(), workdir, stop_at_step=_STOP_AT_STEP.value)
+        train.train_and_evaluate(_config(), workdir, stop_at_step=_STOP_AT_STEP.value,
+                                 overwrite=_OVERWRITE.value, branch=_BRANCH.value)
     except train.Interrupted as stop:
         logging.info("%s", stop)
         # 128 + signal number, as if killed by it, so schedulers treat the job as preempted
@@ -171,7 +178,7 @@ def main(argv) -> None:
     try:
         COMMANDS[argv[1]]()
     except BnjaxError as error:
-        _fail(str(error))
+        _fail(str(error), error.exit_status)
 
 
 def run() -> None:

@@ -37,6 +37,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.data.tfds_data_dir = ""  # tfds data_dir; '' means tfds' default (~/tensorflow_datasets)
     config.data.tfds_download = True  # let tfds download and prepare the set if it is missing
     config.data.cache_dir = ""  # decoded uint8 cache for image folders; '' = ~/.cache/bnjax
+    config.data.skip_corrupt = False  # skip (and count) unreadable images instead of stopping
     config.data.train_split = "train"
     config.data.eval_split = "test"
 

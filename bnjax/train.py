@@ -10,15 +10,17 @@ import threading
 import time
 
 import jax
-import jax.numpy as jnp
+import numpy as np
 from absl import logging
 
 from bnjax import config as config_lib
 from bnjax import data as data_lib
-from bnjax import checkpoint, partition, runinfo
+from bnjax import checkpoint, runinfo
+from bnjax import workdir as workdir_lib
 from bnjax.data.batches import steps_per_epoch as count_steps_per_epoch
 from bnjax.data.batches import train_batches
-from bnjax.errors import ConfigError, DataError
+from bnjax.errors import (CheckpointError, ConfigError, DamagedCheckpointError, DataError,
+                          TrainingError)
 from bnjax.metrics import Reporter, write_json
 from bnjax.state import ModelSetup, augment_key, initialize
 from bnjax.step import evaluate, make_eval_step, make_mesh, make_train_step, replicate, shard_batch
@@ -87,19 +89,33 @@ def signals_received():
             signal.signal(signum, handler)
 
 
-def _resume(workdir: str, manager, state, description: dict):
-    """(state, history) to continue from: the latest checkpoint, or the fresh state."""
+def _resume(workdir: str, manager, state, description: dict, branch: bool):
+    """(state, history) to continue from: the newest readable checkpoint, or the fresh state.
+
+    A damaged newest checkpoint (a crash mid-write, a corrupt disk) falls back to the one before.
+    """
     run_json = os.path.join(workdir, "run.json")
     if os.path.exists(run_json):
         with open(run_json) as f:
-            checkpoint.check_same_run(json.load(f), description, workdir)
-    step = manager.latest_step()
-    if step is None:
-        return state, []
-    saved = checkpoint.read_meta(manager, step)
-    checkpoint.check_same_run(saved, description, f"{workdir} (checkpoint step {step})")
-    logging.info("resuming from the checkpoint at step %d", step)
-    return checkpoint.restore_state(manager, step, state), saved["history"]
+            checkpoint.check_same_run(json.load(f), description, workdir, branch)
+    steps = sorted(manager.all_steps(), reverse=True)
+    for step in steps:
+        where = f"{workdir} (checkpoint step {step})"
+        try:
+            saved = checkpoint.read_meta(manager, step)
+            changed = checkpoint.check_same_run(saved, description, where, branch)
+            restored = checkpoint.restore_state(manager, step, state)
+        except DamagedCheckpointError as error:
+            logging.warning("%s; trying the checkpoint before it", error)
+            continue
+        for field, old, new in changed:
+            logging.warning("branching from step %d: %s was %r, now %r", step, field, old, new)
+        logging.info("resuming from the checkpoint at step %d", step)
+        return restored, saved["history"]
+    if steps:
+        raise CheckpointError(f"none of the checkpoints in {workdir} ({steps}) can be read; "
+                              "use --overwrite to set the run aside and start over")
+    return state, []
 
 
 def _final_metrics(run: Run, history: list, speed: float | None, wall_time: float) -> dict:
@@ -113,24 +129,63 @@ def _final_metrics(run: Run, history: list, speed: float | None, wall_time: floa
             "frozen_checksum": run.setup.frozen_checksum}
 
 
-def train_and_evaluate(config, workdir: str, stop_at_step: int | None = None) -> dict:
+def train_and_evaluate(config, workdir: str, stop_at_step: int | None = None,
+                       overwrite: bool = False, branch: bool = False) -> dict:
     """Train as configured (resuming from the workdir's latest checkpoint); return the metrics.
 
     stop_at_step: save a checkpoint after that global step and raise Interrupted, as a SIGTERM
-    would; the next call continues exactly where this one stopped.
+    would; the next call continues exactly where this one stopped. overwrite: set a run already
+    in the workdir aside (renamed, not deleted) and start over. branch: continue the workdir's
+    latest checkpoint although the config changed (the frozen weights must still match).
     """
-    run, state, frozen = build_run(config)
+    run, state, frozen = build_run(config)  # validation and data: nothing is written before
     description = run.describe()
-    os.makedirs(workdir, exist_ok=True)
-    manager = checkpoint.open_manager(workdir, config.checkpoint)
+    if overwrite:
+        moved = workdir_lib.set_aside(workdir)
+        if moved:
+            logging.warning("--overwrite: the previous run in %s was moved to %s", workdir, moved)
+    workdir_lib.create(workdir)
+    with workdir_lib.locked(workdir):
+        manager = checkpoint.open_manager(workdir, config.checkpoint)
+        try:
+            state, history = _resume(workdir, manager, state, description, branch)
+            write_json(os.path.join(workdir, "run.json"), description)
+            return _train_loop(run, workdir, manager, state, frozen, history, description,
+                               stop_at_step)
+        finally:
+            _finish_saves(manager)
+
+
+def _finish_saves(manager) -> None:
     try:
-        state, history = _resume(workdir, manager, state, description)
-        write_json(os.path.join(workdir, "run.json"), description)
-        return _train_loop(run, workdir, manager, state, frozen, history, description,
-                           stop_at_step)
+        manager.wait_until_finished()  # errors of asynchronous saves surface here
+    except Exception as error:
+        raise TrainingError(f"writing the last checkpoint failed ({error}); the checkpoints "
+                            f"completed before it in {manager.directory} are intact. Free disk "
+                            "space or fix the folder, then rerun to resume.") from None
     finally:
-        manager.wait_until_finished()  # async save errors surface here
         manager.close()
+
+
+def _check_finite(values: dict, first_step: int, last_step: int, lr: float,
+                  last_saved: int | None) -> None:
+    if np.isfinite(values["loss"]):
+        return
+    kept = (f"the last checkpoint (step {last_saved}) is intact and a rerun resumes from it"
+            if last_saved is not None else "no checkpoint had been saved yet")
+    raise TrainingError(f"the training loss became {values['loss']} within steps "
+                        f"{first_step}-{last_step}; training stopped before saving that state, "
+                        f"{kept}. Lower train.lr (it is {lr}) with --branch, or check the data.")
+
+
+def _save(manager, step: int, state, meta: dict, metrics: dict | None) -> None:
+    try:
+        checkpoint.save(manager, step, state, meta, metrics)
+    except Exception as error:  # a full disk or a vanished folder, here or from the last save
+        raise TrainingError(f"saving the checkpoint of step {step} failed ({error}); the "
+                            f"checkpoints completed before it in {manager.directory} are "
+                            "intact. Free disk space or fix the folder, then rerun to "
+                            "resume.") from None
 
 
 def _train_loop(run, workdir, manager, state, frozen, history, description, stop_at_step):
@@ -169,6 +224,8 @@ def _train_loop(run, workdir, manager, state, frozen, history, description, stop
                               and done % config.checkpoint.every_steps == 0))
                 if done % config.log.every_steps == 0 or end_of_epoch or saving:
                     train_values = reporter.train_window(done, pending)  # one host sync
+                    _check_finite(train_values, done - window_steps + 1, done, config.train.lr,
+                                  manager.latest_step())
                     elapsed = time.time() - window_start
                     if not first_window:  # the first window compiles: leave it out of speed
                         train_seconds += elapsed
@@ -188,10 +245,9 @@ def _train_loop(run, workdir, manager, state, frozen, history, description, stop
                                     "test_loss": eval_metrics["loss"],
                                     "test_accuracy": eval_metrics["accuracy"]})
                 if saving:
-                    checkpoint.save(manager, done, state, {**description, "step": done,
-                                                           "history": history},
-                                    {"test_accuracy": eval_metrics["accuracy"]}
-                                    if eval_metrics else None)
+                    _save(manager, done, state, {**description, "step": done,
+                                                 "history": history},
+                          {"test_accuracy": eval_metrics["accuracy"]} if eval_metrics else None)
                 if stopping:
                     manager.wait_until_finished()
                     raise Interrupted(done, received[0] if received else None)

@@ -17,7 +17,8 @@ def load_splits(data_config) -> tuple[Dataset, Dataset]:
     splits = (data_config.train_split, data_config.eval_split)
     if looks_like_path(data_config.source):
         loaded = load_image_folder(data_config.source, splits,
-                                   data_config.cache_dir or default_cache_dir())
+                                   data_config.cache_dir or default_cache_dir(),
+                                   data_config.skip_corrupt)
     else:
         loaded = load_tfds(data_config.source, splits, data_config.tfds_data_dir,
                            data_config.tfds_download)

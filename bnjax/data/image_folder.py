@@ -14,6 +14,7 @@ import zlib
 from collections import defaultdict
 
 import numpy as np
+from absl import logging
 from PIL import Image
 
 from bnjax.data.dataset import Dataset
@@ -86,14 +87,23 @@ def _assemble(files: dict, source: str) -> dict[str, Dataset]:
     return result
 
 
-def _decode_all(source: str, splits) -> dict[str, Dataset]:
+def _decode_all(source: str, splits, skip_corrupt: bool) -> dict[str, Dataset]:
     files = defaultdict(lambda: defaultdict(list))
     class_dirs = {}  # (split, class) -> where, to report class folders without images
+    skipped = []
 
     def add(relpath: str, data: bytes, where: str) -> None:
         match = _split_class_file(relpath, splits)
         if match:
-            files[match[0]][match[1]].append((relpath, _decode(data, where), where))
+            try:
+                image = _decode(data, where)
+            except DataError as error:
+                if not skip_corrupt:
+                    raise DataError(f"{error} (or set data.skip_corrupt=True to skip such "
+                                    "files)") from None
+                skipped.append(where)
+                return
+            files[match[0]][match[1]].append((relpath, image, where))
 
     if os.path.isdir(source):
         for dirpath, _, filenames in os.walk(source):
@@ -120,6 +130,9 @@ def _decode_all(source: str, splits) -> dict[str, Dataset]:
             except (tarfile.TarError, OSError, EOFError, zlib.error) as error:
                 raise DataError(f"{source}: the archive is truncated or corrupt ({error}); "
                                 "copy it again") from None
+    if skipped:
+        logging.warning("data.skip_corrupt: skipped %d unreadable image(s), e.g. %s",
+                        len(skipped), ", ".join(skipped[:3]))
     for (split, name), where in sorted(class_dirs.items()):
         if name not in files.get(split, {}):
             raise DataError(f"class folder {where} holds no images; add images or remove it")
@@ -129,19 +142,21 @@ def _decode_all(source: str, splits) -> dict[str, Dataset]:
     return _assemble(files, source)
 
 
-def _cache_path(source: str, splits, cache_dir: str) -> str:
+def _cache_path(source: str, splits, cache_dir: str, skip_corrupt: bool) -> str:
     stat = os.stat(source)
-    key = f"{os.path.realpath(source)}|{stat.st_size}|{stat.st_mtime_ns}|{','.join(splits)}"
+    key = (f"{os.path.realpath(source)}|{stat.st_size}|{stat.st_mtime_ns}|{','.join(splits)}"
+           f"|{skip_corrupt}")
     digest = hashlib.sha256(key.encode()).hexdigest()[:20]
     return os.path.join(cache_dir, f"imagefolder-{digest}.npz")
 
 
-def load_image_folder(source: str, splits, cache_dir: str) -> dict[str, Dataset]:
+def load_image_folder(source: str, splits, cache_dir: str,
+                      skip_corrupt: bool = False) -> dict[str, Dataset]:
     """Decode (or read from the cache) the given splits of an image folder or archive."""
     if not os.path.exists(source):
         raise DataError(f"data.source: no such file or folder: {source}")
     splits = tuple(sorted(set(splits)))
-    cache = _cache_path(source, splits, cache_dir)
+    cache = _cache_path(source, splits, cache_dir, skip_corrupt)
     if os.path.exists(cache):
         try:
             with np.load(cache) as stored:
@@ -150,7 +165,7 @@ def load_image_folder(source: str, splits, cache_dir: str) -> dict[str, Dataset]
                         for s in splits}
         except Exception:  # a damaged cache is rebuilt, never trusted
             os.remove(cache)
-    datasets = _decode_all(source, splits)
+    datasets = _decode_all(source, splits, skip_corrupt)
     try:
         os.makedirs(cache_dir, exist_ok=True)
         arrays = {"class_names": np.asarray(datasets[splits[0]].class_names)}
