@@ -9,6 +9,7 @@
                       [--launcher=local|print]
     bnjax aggregate   --workdir=ROOT
     bnjax analyze     --workdir=DIR[,DIR2,...] | --export=FILE[,FILE2] --out=DIR
+    bnjax bench       --config=configs/cifar10.py[:MODEL] [--config.FIELD=VALUE ...]
 
 Wrong input (a bad flag, config field, dataset or file) prints one clear line and exits with
 status 2; a run that cannot go on (a non-finite loss, a failed save) exits with 3; a run stopped
@@ -151,9 +152,18 @@ def cmd_analyze() -> None:
     print(f"wrote report.md, gamma_histograms.png, ablation.png, ablation.csv in {out}")
 
 
+def cmd_bench() -> None:
+    from bnjax import bench
+    from bnjax import config as config_lib
+
+    config = _config()
+    config_lib.validate(config)
+    print(bench.render(bench.run_bench(config)))
+
+
 COMMANDS = {"train": cmd_train, "summary": cmd_summary, "export": cmd_export, "eval": cmd_eval,
             "materialize": cmd_materialize, "sweep": cmd_sweep, "aggregate": cmd_aggregate,
-            "analyze": cmd_analyze}
+            "analyze": cmd_analyze, "bench": cmd_bench}
 
 
 def parse_flags(argv):

@@ -60,7 +60,8 @@ def make_train_step(model, optimizer, labels, schedule):
                                   batch_stats=batch_stats, opt_state=opt_state)
         metrics = {"loss": loss,
                    "accuracy": jnp.mean(jnp.argmax(logits, -1) == targets),
-                   "lr": schedule(state.step)}
+                   "lr": schedule(state.step),
+                   "grad_norm": optax.tree.norm(grads)}  # trainable leaves only
         return new_state, metrics
 
     return jax.jit(train_step, donate_argnums=(0,))

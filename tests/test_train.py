@@ -106,3 +106,37 @@ def test_same_config_and_seed_give_same_metrics(tiny_config, tmp_path):
     second = train_and_evaluate(tiny_config, str(tmp_path / "b"))
     for key in ("test_accuracy", "test_loss", "train_loss", "frozen_checksum"):
         assert first[key] == second[key]
+
+
+def _compiled_convolutions(mode):
+    import re
+
+    from bnjax.config import base_config
+    from bnjax.state import initialize
+
+    config = base_config()
+    config.model.name, config.train.mode = "cifar_resnet_8_4", mode
+    setup, state, frozen = initialize(config, 10, (32, 32, 3), 10)
+    step = make_train_step(setup.model, setup.optimizer, setup.labels, setup.schedule)
+    images, targets = np.zeros((8, 32, 32, 3), np.uint8), np.zeros(8, np.int32)
+    text = step.lower(state, frozen, images, targets, augment_key(0)).compile().as_text()
+    return len(re.findall(r"= \S+ convolution\(", text))
+
+
+def test_bn_only_step_compiles_to_no_weight_gradient_convolutions():
+    forward = _compiled_convolutions("none")  # no backward pass at all
+    assert forward == 9  # stem + 3 blocks x 2 + 2 shortcuts of ResNet-8
+    # BN-only: the forward convs plus one input-gradient conv per conv but the stem's
+    # (its input is the image); no conv computes a kernel gradient, grad-norm logging included
+    assert _compiled_convolutions("bn") == 2 * forward - 1
+    # training everything adds exactly one weight-gradient convolution per conv
+    assert _compiled_convolutions("all") == 3 * forward - 1
+
+
+def test_bfloat16_compute_keeps_float32_parameters_and_statistics(tiny_config):
+    tiny_config.model.dtype = "bfloat16"
+    run, initial, final, _, stats = _train_steps(tiny_config, 2)
+    assert all(leaf.dtype == np.float32 for leaf in jax.tree.leaves(final))
+    assert all(leaf.dtype == np.float32 for leaf in jax.tree.leaves(stats))
+    gamma_before, gamma_after = initial["bn"]["scale"], final["bn"]["scale"]
+    assert np.all(np.isfinite(gamma_after)) and not np.array_equal(gamma_before, gamma_after)

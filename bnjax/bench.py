@@ -1,0 +1,105 @@
+"""`bnjax bench`: how fast the configured model trains, evaluates and is fed, on this backend.
+
+Measured the way ../shared/bench/torch_reference.py measures the PyTorch peer: random weights and
+random data, each timed step blocked until done, the median of per-step images/s after warm-up.
+"""
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import time
+
+import jax
+import numpy as np
+
+from bnjax.data.batches import train_batches
+from bnjax.data.dataset import Dataset
+from bnjax.models import parse_name
+from bnjax.state import augment_key, initialize
+from bnjax.step import make_eval_step, make_mesh, make_train_step, replicate, shard_batch
+
+
+def _median_rate(step, batch: int, warmup: int, steps: int) -> tuple[float, float]:
+    """(seconds of the first call, i.e. compile + run; median images/s after warm-up)."""
+    start = time.perf_counter()
+    jax.block_until_ready(step())
+    first = time.perf_counter() - start
+    rates = []
+    for index in range(warmup + steps):
+        start = time.perf_counter()
+        jax.block_until_ready(step())
+        if index >= warmup:
+            rates.append(batch / (time.perf_counter() - start))
+    return first, statistics.median(rates)
+
+
+def _device_memory_mb() -> float | None:
+    stats = jax.devices()[0].memory_stats() if hasattr(jax.devices()[0], "memory_stats") else None
+    if not stats or "peak_bytes_in_use" not in stats:
+        return None
+    return stats["peak_bytes_in_use"] / 2**20
+
+
+def run_bench(config, warmup: int = 3, steps: int = 20) -> dict:
+    spec = parse_name(config.model.name)
+    image_shape = (spec.image_size, spec.image_size, 3)
+    batch, eval_batch = config.train.batch_size, config.eval.batch_size
+    rng = np.random.default_rng(0)
+    data = Dataset(rng.integers(0, 256, (50_000,) + image_shape, dtype=np.uint8),
+                   rng.integers(0, 10, 50_000).astype(np.int32), tuple(range(10)))
+    setup, state, frozen = initialize(config, 10, image_shape, data.images.shape[0] // batch)
+    mesh = make_mesh()
+    state, frozen = replicate((state, frozen), mesh)
+    key = replicate(augment_key(config.seed), mesh)
+    train_step = make_train_step(setup.model, setup.optimizer, setup.labels, setup.schedule)
+    images, targets = shard_batch((data.images[:batch], data.labels[:batch]), mesh)
+    holder = {"state": state}
+
+    def one_train_step():
+        holder["state"], metrics = train_step(holder["state"], frozen, images, targets, key)
+        return metrics
+
+    compile_s, train_rate = _median_rate(one_train_step, batch, warmup, steps)
+
+    eval_step = make_eval_step(setup.model)
+    eval_inputs = shard_batch((data.images[:eval_batch], data.labels[:eval_batch],
+                               np.ones(eval_batch, np.float32)), mesh)
+    state = holder["state"]
+    eval_compile_s, eval_rate = _median_rate(
+        lambda: eval_step(state.trainable, frozen, state.batch_stats, *eval_inputs),
+        eval_batch, warmup, max(steps // 2, 5))
+
+    # The host side of feeding: choosing, gathering and placing batches (what the loop does).
+    count = 200
+    start = time.perf_counter()
+    for _, batch_images, batch_targets in train_batches(data, batch, config.seed, 0, count):
+        placed = shard_batch((batch_images, batch_targets), mesh)
+    jax.block_until_ready(placed)
+    input_rate = count * batch / (time.perf_counter() - start)
+
+    return {"model": config.model.name, "mode": config.train.mode, "batch": batch,
+            "eval_batch": eval_batch, "dtype": config.model.dtype,
+            "backend": jax.default_backend(), "device_count": jax.device_count(),
+            "device": str(jax.devices()[0].device_kind),
+            "trainable_params": setup.trainable_params, "total_params": setup.total_params,
+            "compile_s": compile_s, "eval_compile_s": eval_compile_s,
+            "train_images_per_s": train_rate, "eval_images_per_s": eval_rate,
+            "input_images_per_s": input_rate,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "device_peak_mb": _device_memory_mb()}
+
+
+def render(result: dict) -> str:
+    rows = [("model", f"{result['model']} ({result['mode']}, {result['dtype']})"),
+            ("backend", f"{result['backend']} x{result['device_count']} ({result['device']})"),
+            ("compile (first train step)", f"{result['compile_s']:.1f} s"),
+            (f"train step, batch {result['batch']}", f"{result['train_images_per_s']:.0f} img/s"),
+            (f"eval, batch {result['eval_batch']}", f"{result['eval_images_per_s']:.0f} img/s"),
+            ("input pipeline (host)", f"{result['input_images_per_s']:.0f} img/s"),
+            ("peak host memory", f"{result['peak_rss_mb']:.0f} MB"),
+            ("peak device memory", "n/a" if result["device_peak_mb"] is None
+             else f"{result['device_peak_mb']:.0f} MB")]
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows) + "\n" + \
+        json.dumps(result)

@@ -1,0 +1,29 @@
+import json
+import os
+import subprocess
+import sys
+
+from bnjax import bench
+from bnjax.config import base_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_bench_reports_every_figure_as_a_table_and_json():
+    config = base_config()
+    config.model.name, config.train.batch_size, config.eval.batch_size = "cifar_resnet_8_4", 8, 16
+    result = bench.run_bench(config, warmup=1, steps=2)
+    for key in ("train_images_per_s", "eval_images_per_s", "input_images_per_s", "compile_s",
+                "peak_rss_mb"):
+        assert result[key] > 0, key
+    assert result["backend"] == "cpu" and result["device_count"] >= 1
+    text = bench.render(result)
+    assert "train step, batch 8" in text
+    assert json.loads(text.splitlines()[-1]) == result
+
+
+def test_gpu_check_script_is_valid_shell():
+    script = os.path.join(REPO, "launch", "gpu_check.sh")
+    assert subprocess.run(["bash", "-n", script]).returncode == 0
+    text = open(script).read()
+    assert "bfloat16" in text and "cifar_resnet_110" in text and "summary.jsonl" in text
