@@ -6,18 +6,20 @@ from bnjax import partition
 from bnjax.models import build_model, parse_name
 from bnjax.state import variable_shapes
 
-KNOWN_CLASS_COUNTS = {"cifar100": 100}
+KNOWN_CLASS_COUNTS = {"cifar100": 100, "imagenet2012": 1000}
 
 
-def class_count(data_config) -> int:
-    """Classes without reading data: 100 for CIFAR-100, else CIFAR-10's 10."""
-    return KNOWN_CLASS_COUNTS.get(data_config.source, 10)
+def class_count(config) -> int:
+    """Classes without reading data: known tfds sets, 1000 for ImageNet models, else 10."""
+    if config.data.source in KNOWN_CLASS_COUNTS:
+        return KNOWN_CLASS_COUNTS[config.data.source]
+    return 1000 if parse_name(config.model.name).family == "imagenet_resnet" else 10
 
 
 def counts(config) -> dict:
     """{'total': n, 'bn': n, 'modes': {mode: trainable count}} for the configured model."""
     spec = parse_name(config.model.name)
-    model = build_model(config.model, class_count(config.data))
+    model = build_model(config.model, class_count(config))
     params = variable_shapes(model, (spec.image_size, spec.image_size, 3))["params"]
     modes = {mode: partition.trainable_count(
         partition.split(params, partition.param_labels(params, mode))[0], mode,
@@ -28,7 +30,7 @@ def counts(config) -> dict:
 def render(config) -> str:
     config_lib.validate(config)
     result = counts(config)
-    lines = [f"model {config.model.name} ({class_count(config.data)} classes)",
+    lines = [f"model {config.model.name} ({class_count(config)} classes)",
              f"total parameters       {result['total']:>13,}",
              f"BatchNorm parameters   {result['bn']:>13,}  (gamma and beta)",
              "trainable parameters by train.mode:"]

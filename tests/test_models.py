@@ -14,6 +14,8 @@ from bnjax.summary import counts
     ("cifar_resnet_20", 272_474, 1_568),
     ("cifar_resnet_866", 13_979_930, 64_736),
     ("cifar_resnet_14_512", 177_279_498, 35_840),
+    ("imagenet_resnet_18", 11_689_512, 9_600),
+    ("imagenet_resnet_50", 25_557_032, 53_120),
 ])
 def test_parameter_counts_match_paper_table_1(name, total, bn):
     config = base_config()
@@ -39,7 +41,7 @@ def test_trainable_counts_per_mode_resnet20():
 
 
 @pytest.mark.parametrize("name", ["cifar_resnet_15", "cifar_resnet_2", "cifar_resnet_20_0",
-                                  "resnet_20", "cifar_resnet_x"])
+                                  "resnet_20", "cifar_resnet_x", "imagenet_resnet_51"])
 def test_invalid_names_are_rejected(name):
     with pytest.raises(ValueError):
         parse_name(name)

@@ -13,6 +13,10 @@ _OFFLINE_HINT = ("without internet, point data.source at an image folder or arch
 def load_tfds(name: str, splits, data_dir: str, download: bool) -> dict[str, Dataset]:
     import tensorflow_datasets as tfds  # slow to import; only runs that use tfds pay for it
 
+    if name.startswith("imagenet"):
+        raise DataError(f"data.source = {name!r}: bnjax holds a dataset in memory, which fits "
+                        "CIFAR but not ImageNet, and a streamed ImageNet input pipeline is not "
+                        "implemented yet; `bnjax summary` works for the ImageNet models")
     try:
         builder = tfds.builder(name, data_dir=data_dir or None)
     except tfds.core.registered.DatasetNotFoundError:

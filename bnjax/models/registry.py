@@ -1,9 +1,10 @@
-"""Models by open_lth name: cifar_resnet_D (width 16) and cifar_resnet_D_W."""
+"""Models by open_lth name: cifar_resnet_D (width 16), cifar_resnet_D_W, imagenet_resnet_D."""
 import dataclasses
 
 import jax.numpy as jnp
 
 from bnjax.models.cifar_resnet import CifarResNet
+from bnjax.models.imagenet_resnet import STAGE_BLOCKS, ImagenetResNet
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,13 +28,22 @@ def parse_name(name: str) -> ModelSpec:
             raise ValueError(f"depth {depth} is not of the form 6n+2 with n >= 1 "
                              "(valid: 8, 14, 20, 32, 56, 110, ...)")
         return ModelSpec("cifar_resnet", depth, width, 32)
+    if len(parts) == 3 and parts[:2] == ["imagenet", "resnet"]:
+        depths = ", ".join(map(str, STAGE_BLOCKS))
+        if not parts[2].isdigit() or int(parts[2]) not in STAGE_BLOCKS:
+            raise ValueError(f"'{name}': ImageNet ResNets have depth {depths}")
+        return ModelSpec("imagenet_resnet", int(parts[2]), 64, 224)
     raise ValueError(f"unknown model '{name}'; use cifar_resnet_D or cifar_resnet_D_W "
-                     "(D = 6n+2, e.g. cifar_resnet_20, cifar_resnet_110, cifar_resnet_14_512)")
+                     "(D = 6n+2, e.g. cifar_resnet_20, cifar_resnet_110, cifar_resnet_14_512) "
+                     "or imagenet_resnet_D (D = 18, 34, 50, 101, 152, 200)")
 
 
 def build_model(model_config, num_classes: int):
     """The Flax module for `config.model` (name, bn_init, dtype)."""
     spec = parse_name(model_config.name)
+    if spec.family == "imagenet_resnet":
+        return ImagenetResNet(depth=spec.depth, num_classes=num_classes,
+                              bn_init=model_config.bn_init, dtype=jnp.dtype(model_config.dtype))
     return CifarResNet(blocks_per_stage=(spec.depth - 2) // 6, width=spec.width,
                        num_classes=num_classes, bn_init=model_config.bn_init,
                        dtype=jnp.dtype(model_config.dtype))

@@ -1,0 +1,95 @@
+"""ImageNet ResNets in the torchvision layout (He et al. 2016; v1.5: stride in the 3x3 conv).
+
+7x7/2 stem conv + BN + ReLU + 3x3/2 max pool; four stages (64, 128, 256, 512 filters; x4 output
+for bottlenecks) with stride 2 at the start of stages 2-4; a 1x1 conv + BN shortcut where the
+shape changes; global average pool; dense 1000 with bias. Same initialisers and BatchNorm
+settings as the CIFAR ResNets, and the same module names, so every training mode applies.
+"""
+import functools
+from typing import Any
+
+import jax.numpy as jnp
+from flax import linen as nn
+
+from bnjax.models.cifar_resnet import BN_EPSILON, BN_MOMENTUM
+from bnjax.models.init import BN_INITIALIZERS, kaiming_normal, torch_linear_bias
+
+STAGE_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3),
+                152: (3, 8, 36, 3), 200: (3, 24, 36, 3)}
+
+
+def _same(kernel: int):
+    return ((kernel // 2, kernel // 2),) * 2
+
+
+class BasicBlock(nn.Module):
+    features: int
+    stride: int
+    conv: Any
+    norm: Any
+    expansion = 1
+
+    @nn.compact
+    def __call__(self, x):
+        y = self.conv(self.features, (3, 3), (self.stride,) * 2, padding=_same(3), name="conv1")(x)
+        y = nn.relu(self.norm(name="bn1")(y))
+        y = self.conv(self.features, (3, 3), padding=_same(3), name="conv2")(y)
+        y = self.norm(name="bn2")(y)
+        return nn.relu(_project(self, x, self.features) + y)
+
+
+class Bottleneck(nn.Module):
+    features: int
+    stride: int
+    conv: Any
+    norm: Any
+    expansion = 4
+
+    @nn.compact
+    def __call__(self, x):
+        y = self.conv(self.features, (1, 1), padding="VALID", name="conv1")(x)
+        y = nn.relu(self.norm(name="bn1")(y))
+        y = self.conv(self.features, (3, 3), (self.stride,) * 2, padding=_same(3), name="conv2")(y)
+        y = nn.relu(self.norm(name="bn2")(y))
+        y = self.conv(4 * self.features, (1, 1), padding="VALID", name="conv3")(y)
+        y = self.norm(name="bn3")(y)
+        return nn.relu(_project(self, x, 4 * self.features) + y)
+
+
+def _project(block, x, features: int):
+    """Identity, or a strided 1x1 conv + BN where the shape changes (torchvision's downsample)."""
+    if block.stride == 1 and x.shape[-1] == features:
+        return x
+    x = block.conv(features, (1, 1), (block.stride,) * 2, padding="VALID",
+                   name="shortcut_conv")(x)
+    return block.norm(name="shortcut_bn")(x)
+
+
+class ImagenetResNet(nn.Module):
+    depth: int
+    num_classes: int = 1000
+    bn_init: str = "uniform"
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        gamma_init, beta_init = BN_INITIALIZERS[self.bn_init]
+        conv = functools.partial(nn.Conv, use_bias=False, kernel_init=kaiming_normal,
+                                 dtype=self.dtype)
+        norm = functools.partial(nn.BatchNorm, use_running_average=not train,
+                                 momentum=BN_MOMENTUM, epsilon=BN_EPSILON, dtype=self.dtype,
+                                 scale_init=gamma_init, bias_init=beta_init)
+        block_type = BasicBlock if self.depth < 50 else Bottleneck
+        x = x.astype(self.dtype)
+        x = conv(64, (7, 7), (2, 2), padding=_same(7), name="conv")(x)
+        x = nn.relu(norm(name="bn")(x))
+        x = nn.max_pool(x, (3, 3), (2, 2), padding=_same(3))
+        for stage, blocks in enumerate(STAGE_BLOCKS[self.depth]):
+            for block in range(blocks):
+                stride = 2 if stage > 0 and block == 0 else 1
+                x = block_type(64 * 2 ** stage, stride, conv, norm,
+                               name=f"stage{stage + 1}_block{block}")(x)
+        x = jnp.mean(x, axis=(1, 2))
+        x = nn.Dense(self.num_classes, kernel_init=kaiming_normal,
+                     bias_init=torch_linear_bias(x.shape[-1]), dtype=self.dtype, name="fc")(x)
+        return x.astype(jnp.float32)
