@@ -20,9 +20,10 @@ from bnjax.data.batches import eval_batches
 from bnjax.state import TrainState
 
 
-def make_mesh() -> Mesh:
-    """All devices on one 'data' axis: batches are split across it, everything else replicated."""
-    return Mesh(np.array(jax.devices()), ("data",))
+def make_mesh(devices=None) -> Mesh:
+    """Devices (default: all) on one 'data' axis: batches are split across it, everything else
+    replicated. Under jit, BatchNorm's batch statistics are then over the global batch."""
+    return Mesh(np.array(jax.devices() if devices is None else devices), ("data",))
 
 
 def replicate(tree, mesh: Mesh):
