@@ -6,6 +6,7 @@ A grid is written `FIELD=V1,V2;FIELD=V1,...`, e.g.
 `model.name=cifar_resnet_14,cifar_resnet_20;train.mode=bn,output;seed=0,1`. Values are parsed
 by the type of the field in the config. Each run lives in ROOT/<field=value,...>; runs whose
 metrics.json exists are skipped, unfinished ones resume from their checkpoints.
+Run folders are named FIELD=VALUE__FIELD=VALUE, e.g. model.name=cifar_resnet_14__train.mode=bn.
 """
 from __future__ import annotations
 
@@ -67,7 +68,8 @@ def _run_name(overrides: dict) -> str:
     def show(value):
         return "/".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
-    return ",".join(f"{field}={show(value)}" for field, value in overrides.items()).replace(
+    # "__" between fields keeps commas free for lists of workdirs (bnjax analyze --workdir=A,B)
+    return "__".join(f"{field}={show(value)}" for field, value in overrides.items()).replace(
         os.sep, "_")
 
 

@@ -43,6 +43,7 @@ def test_print_launcher_prints_one_train_command_per_point(tmp_path, capsys):
     assert printed == commands
     assert printed[0].startswith("bnjax train --config=configs/cifar10.py --workdir=")
     assert "--config.train.epochs=3" in printed[0]
+    assert "/model.name=cifar_resnet_14__train.mode=bn__train.lr_milestones=2_3 " in printed[0]
     assert "'--config.train.lr_milestones=(2,3)'" in printed[0]
     assert not os.listdir(tmp_path)
 
