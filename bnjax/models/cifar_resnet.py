@@ -5,17 +5,12 @@ stride 2 at the start of stages 2 and 3; a 1x1 conv + BN shortcut where the shap
 global average pool; dense output with bias. Depth = 6D + 2; convolutions have no bias.
 Padding is explicit (1 on each side) so strided convolutions match PyTorch exactly.
 """
-import functools
 from typing import Any
 
 import jax.numpy as jnp
 from flax import linen as nn
 
-from bnjax.models.init import BN_INITIALIZERS, kaiming_normal, torch_linear_bias
-
-# PyTorch BatchNorm2d defaults: momentum 0.1 (Flax counts the other way: 0.9), eps 1e-5.
-BN_MOMENTUM = 0.9
-BN_EPSILON = 1e-5
+from bnjax.models.init import conv_and_norm, kaiming_normal, torch_linear_bias
 
 
 class BasicBlock(nn.Module):
@@ -47,12 +42,7 @@ class CifarResNet(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool):
-        gamma_init, beta_init = BN_INITIALIZERS[self.bn_init]
-        conv = functools.partial(nn.Conv, use_bias=False, kernel_init=kaiming_normal,
-                                 dtype=self.dtype)
-        norm = functools.partial(nn.BatchNorm, use_running_average=not train,
-                                 momentum=BN_MOMENTUM, epsilon=BN_EPSILON, dtype=self.dtype,
-                                 scale_init=gamma_init, bias_init=beta_init)
+        conv, norm = conv_and_norm(train, self.bn_init, self.dtype)
         x = x.astype(self.dtype)
         x = conv(self.width, (3, 3), padding=((1, 1), (1, 1)), name="conv")(x)
         x = nn.relu(norm(name="bn")(x))

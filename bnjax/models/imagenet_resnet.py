@@ -5,14 +5,12 @@ for bottlenecks) with stride 2 at the start of stages 2-4; a 1x1 conv + BN short
 shape changes; global average pool; dense 1000 with bias. Same initialisers and BatchNorm
 settings as the CIFAR ResNets, and the same module names, so every training mode applies.
 """
-import functools
 from typing import Any
 
 import jax.numpy as jnp
 from flax import linen as nn
 
-from bnjax.models.cifar_resnet import BN_EPSILON, BN_MOMENTUM
-from bnjax.models.init import BN_INITIALIZERS, kaiming_normal, torch_linear_bias
+from bnjax.models.init import conv_and_norm, kaiming_normal, torch_linear_bias
 
 STAGE_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3),
                 152: (3, 8, 36, 3), 200: (3, 24, 36, 3)}
@@ -73,12 +71,7 @@ class ImagenetResNet(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool):
-        gamma_init, beta_init = BN_INITIALIZERS[self.bn_init]
-        conv = functools.partial(nn.Conv, use_bias=False, kernel_init=kaiming_normal,
-                                 dtype=self.dtype)
-        norm = functools.partial(nn.BatchNorm, use_running_average=not train,
-                                 momentum=BN_MOMENTUM, epsilon=BN_EPSILON, dtype=self.dtype,
-                                 scale_init=gamma_init, bias_init=beta_init)
+        conv, norm = conv_and_norm(train, self.bn_init, self.dtype)
         block_type = BasicBlock if self.depth < 50 else Bottleneck
         x = x.astype(self.dtype)
         x = conv(64, (7, 7), (2, 2), padding=_same(7), name="conv")(x)

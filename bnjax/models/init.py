@@ -1,4 +1,7 @@
-"""The paper's initialisers (open_lth `kaiming_normal` and its BatchNorm inits), as Flax functions."""
+"""The paper's initialisers (open_lth `kaiming_normal` and its BatchNorm inits), as Flax functions,
+and the conv and BatchNorm layers every bnjax ResNet is built from."""
+import functools
+
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
@@ -35,3 +38,19 @@ BN_INITIALIZERS = {
     "oneone": (_constant(1.0), _constant(1.0)),
     "positivenegative": (_uniform(-1.0, 1.0), _constant(0.0)),
 }
+
+
+# PyTorch BatchNorm2d defaults: momentum 0.1 (Flax counts the other way: 0.9), eps 1e-5.
+BN_MOMENTUM = 0.9
+BN_EPSILON = 1e-5
+
+
+def conv_and_norm(train: bool, bn_init: str, dtype):
+    """(conv, norm) layer constructors: bias-free Kaiming-normal convs, PyTorch-like BatchNorm
+    whose running averages are used when not training."""
+    gamma_init, beta_init = BN_INITIALIZERS[bn_init]
+    conv = functools.partial(nn.Conv, use_bias=False, kernel_init=kaiming_normal, dtype=dtype)
+    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=BN_MOMENTUM,
+                             epsilon=BN_EPSILON, dtype=dtype, scale_init=gamma_init,
+                             bias_init=beta_init)
+    return conv, norm
