@@ -61,3 +61,33 @@ def test_train_command_end_to_end(image_folder, tmp_path):
     assert "test accuracy" in result.stderr
     metrics = json.loads((workdir / "metrics.json").read_text())
     assert metrics["model"] == "cifar_resnet_8_4" and metrics["steps"] == 2
+
+
+def test_busy_workdir_exits_2_and_leaves_the_run_alone(image_folder, tmp_path):
+    from bnjax.workdir import locked
+
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    (workdir / "run.json").write_text("{}")
+    with locked(str(workdir)):
+        result = bnjax("train", f"--config={os.path.join(REPO, 'configs', 'smoke.py')}",
+                       f"--workdir={workdir}", f"--config.data.source={image_folder}",
+                       f"--config.data.cache_dir={tmp_path / 'cache'}")
+    assert result.returncode == 2, result.stderr
+    assert "is in use by a running bnjax (pid" in result.stderr
+    assert sorted(os.listdir(workdir)) == [".bnjax.lock", "run.json"]
+    assert (workdir / "run.json").read_text() == "{}"
+
+
+def test_a_run_that_cannot_go_on_exits_3(monkeypatch, capsys):
+    from bnjax import cli
+    from bnjax.errors import TrainingError
+
+    def diverged():
+        raise TrainingError("the training loss became nan within steps 5-5")
+
+    monkeypatch.setitem(cli.COMMANDS, "train", diverged)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["bnjax", "train"])
+    assert exit_info.value.code == 3
+    assert "bnjax: error: the training loss became nan" in capsys.readouterr().err

@@ -27,7 +27,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.mark.parametrize("field,value,message", [
     ("model.name", "cifar_resnet_20_0", "positive integers"),
     ("model.name", "cifar_resnet_15", "6n+2"),
-    ("model.name", "imagenet_resnet_51", "unknown model"),
+    ("model.name", "resnet_20", "unknown model"),
+    ("model.name", "imagenet_resnet_51", "ImageNet ResNets have depth 18, 34, 50"),
     ("model.bn_init", "normal", "accepted: uniform, fixed, oneone, positivenegative"),
     ("model.dtype", "float16", "accepted: float32, bfloat16"),
     ("train.mode", "bn_only", "accepted: all, bn"),
