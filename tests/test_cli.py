@@ -72,7 +72,8 @@ def test_busy_workdir_exits_2_and_leaves_the_run_alone(image_folder, tmp_path):
     with locked(str(workdir)):
         result = bnjax("train", f"--config={os.path.join(REPO, 'configs', 'smoke.py')}",
                        f"--workdir={workdir}", f"--config.data.source={image_folder}",
-                       f"--config.data.cache_dir={tmp_path / 'cache'}")
+                       f"--config.data.cache_dir={tmp_path / 'cache'}",
+                       "--config.train.batch_size=12")
     assert result.returncode == 2, result.stderr
     assert "is in use by a running bnjax (pid" in result.stderr
     assert sorted(os.listdir(workdir)) == [".bnjax.lock", "run.json"]
