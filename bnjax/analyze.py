@@ -144,7 +144,8 @@ def plot_histograms(results: list[dict], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    stages = sorted({_stage(p) for r in results for p in r["_gammas"]})
+    stages = sorted({_stage(p) for r in results for p in r["_gammas"]},
+                    key=lambda stage: (stage != "stem", stage))
     panels = ["overall"] + stages
     figure, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.5), squeeze=False)
     for axis, panel in zip(axes[0], panels):
