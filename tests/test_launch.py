@@ -1,0 +1,55 @@
+"""The launch scripts' --dry-run output: the commands they would run."""
+import os
+import subprocess
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN = ["--", "--config=configs/cifar10.py", "--workdir=runs/r20"]
+
+
+def launch(script, *args):
+    return subprocess.run(["bash", os.path.join(REPO, "launch", script), *args],
+                          capture_output=True, text=True, cwd=REPO, timeout=60)
+
+
+def test_tpu_vm_lifecycle_dry_run():
+    common = ["--name=bn1", "--zone=us-central2-b", "--dry-run"]
+    create = launch("tpu_vm.sh", "create", *common, "--type=v4-8")
+    assert create.returncode == 0, create.stderr
+    assert create.stdout.startswith("gcloud compute tpus tpu-vm create bn1 --zone=us-central2-b "
+                                    "--accelerator-type=v4-8")
+    run = launch("tpu_vm.sh", "run", *common, *TRAIN)
+    lines = run.stdout.splitlines()
+    assert lines[0].startswith("git archive")
+    assert "tpu-vm scp" in lines[1]
+    assert "tpu-vm ssh bn1" in lines[2] and "--worker=all" in lines[2]
+    assert "bnjax\\ train\\ --config=configs/cifar10.py\\ --workdir=runs/r20" in lines[2]
+    delete = launch("tpu_vm.sh", "delete", *common)
+    assert delete.stdout.startswith("gcloud compute tpus tpu-vm delete bn1")
+
+
+def test_tpu_pod_slices_are_refused_until_multi_host_exists():
+    result = launch("tpu_vm.sh", "create", "--name=p", "--zone=z", "--type=v4-32", "--dry-run")
+    assert result.returncode == 2
+    assert "multi-host training is not supported yet" in result.stderr
+
+
+def test_slurm_dry_run_prints_the_batch_script():
+    result = launch("slurm.sh", "--gpus=4", "--partition=gpu", "--dry-run", *TRAIN)
+    assert result.returncode == 0, result.stderr
+    assert "#SBATCH --gres=gpu:4" in result.stdout
+    assert "#SBATCH --signal=TERM@120" in result.stdout  # bnjax checkpoints on SIGTERM
+    assert "#SBATCH --partition=gpu" in result.stdout
+    assert result.stdout.rstrip().endswith(
+        "srun bnjax train --config=configs/cifar10.py --workdir=runs/r20")
+
+
+def test_gpu_workstation_dry_run():
+    result = launch("gpu_workstation.sh", "--gpus=0,1", "--dry-run", *TRAIN)
+    assert result.returncode == 0, result.stderr
+    assert "CUDA_VISIBLE_DEVICES=0\\,1" in result.stdout
+    assert "bnjax train --config=configs/cifar10.py --workdir=runs/r20" in result.stdout
+
+
+def test_unknown_option_is_an_error():
+    result = launch("slurm.sh", "--nodes=2")
+    assert result.returncode == 2 and "unknown option --nodes=2" in result.stderr
