@@ -20,7 +20,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
-from flax import traverse_util
 
 from bnjax import data as data_lib
 from bnjax import partition
@@ -41,7 +40,7 @@ def _stage(path: str) -> str:
 def gammas(params) -> dict:
     """{BatchNorm module path: gamma vector}."""
     return {path[: -len("/scale")]: np.asarray(value)
-            for path, value in partition._flat(params).items()
+            for path, value in partition.flatten(params).items()
             if partition.role_of(path) == "gamma"}
 
 
@@ -67,7 +66,7 @@ def disabled_channels(model, variables, data, batch_size: int) -> dict:
     def batch_max(images):
         _, captured = model.apply(variables, normalize(images), train=False,
                                   capture_intermediates=lambda m, _: isinstance(m, nn.BatchNorm))
-        flat = partition._flat(captured["intermediates"])
+        flat = partition.flatten(captured["intermediates"])
         return {path[: -len("/__call__")]: jnp.max(out[0], axis=(0, 1, 2))
                 for path, out in flat.items() if _FEEDS_RELU.search(path[: -len("/__call__")])}
 
@@ -88,7 +87,7 @@ def disabled_channels(model, variables, data, batch_size: int) -> dict:
 
 def zero_smallest_gammas(params, fraction: float):
     """params with the `fraction` of gammas of smallest |gamma| (network-wide) set to 0."""
-    flat = partition._flat(params)
+    flat = partition.flatten(params)
     paths = [p for p in flat if partition.role_of(p) == "gamma"]
     every = np.concatenate([np.abs(np.asarray(flat[p])) for p in paths])
     count = int(round(fraction * every.size))
@@ -102,7 +101,7 @@ def zero_smallest_gammas(params, fraction: float):
         size = flat[path].size
         updated[path] = np.where(keep[offset:offset + size], np.asarray(flat[path]), 0.0)
         offset += size
-    return traverse_util.unflatten_dict(updated, sep="/")
+    return partition.unflatten(updated)
 
 
 def analyze(trained, data_source: str | None = None) -> dict:

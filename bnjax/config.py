@@ -87,19 +87,20 @@ def from_dict(saved: dict) -> ml_collections.ConfigDict:
     return config
 
 
-def _flat_items(config, prefix=""):
+def flat_fields(config, prefix=""):
+    """(dotted field name, value) of a ConfigDict or of its to_dict() form."""
     for key, value in config.items():
         name = f"{prefix}{key}"
-        if isinstance(value, ml_collections.ConfigDict):
-            yield from _flat_items(value, name + ".")
+        if isinstance(value, (ml_collections.ConfigDict, dict)):
+            yield from flat_fields(value, name + ".")
         else:
             yield name, value
 
 
 def _check_known_fields(config) -> None:
-    known = dict(_flat_items(base_config()))
+    known = dict(flat_fields(base_config()))
     known_groups = {name.rsplit(".", 1)[0] for name in known if "." in name}
-    for name, _ in _flat_items(config):
+    for name, _ in flat_fields(config):
         if name in known:
             continue
         candidates = list(known) + sorted(known_groups)

@@ -50,55 +50,58 @@ def role_of(path: str) -> str:
     return matches[0]
 
 
-def _flat(tree) -> dict:
+def flatten(tree) -> dict:
+    """{'stage1_block0/bn1/scale': leaf, ...}: the '/'-joined paths every rule here matches."""
     return traverse_util.flatten_dict(tree, sep="/")
+
+
+def unflatten(flat: dict) -> dict:
+    return traverse_util.unflatten_dict(flat, sep="/")
 
 
 def param_roles(params) -> dict:
     """A tree like `params` whose leaves are role names."""
-    return traverse_util.unflatten_dict({p: role_of(p) for p in _flat(params)}, sep="/")
+    return unflatten({p: role_of(p) for p in flatten(params)})
 
 
 def param_labels(params, mode: str) -> dict:
     """A tree like `params` whose leaves are 'trainable' or 'frozen' under `mode`."""
     roles = MODE_ROLES[mode]
-    return traverse_util.unflatten_dict(
-        {p: TRAINABLE if role_of(p) in roles else FROZEN for p in _flat(params)}, sep="/")
+    return unflatten({p: TRAINABLE if role_of(p) in roles else FROZEN for p in flatten(params)})
 
 
 def split(params, labels) -> tuple[dict, dict]:
     """(trainable subtree, frozen subtree): two nested dicts holding disjoint leaves."""
-    flat_labels = _flat(labels)
+    flat_labels = flatten(labels)
     trainable, frozen = {}, {}
-    for path, value in _flat(params).items():
+    for path, value in flatten(params).items():
         (trainable if flat_labels[path] == TRAINABLE else frozen)[path] = value
-    return (traverse_util.unflatten_dict(trainable, sep="/"),
-            traverse_util.unflatten_dict(frozen, sep="/"))
+    return unflatten(trainable), unflatten(frozen)
 
 
 def merge(*trees) -> dict:
     """The union of disjoint subtrees made by `split`."""
     flat = {}
     for tree in trees:
-        flat.update(_flat(tree))
-    return traverse_util.unflatten_dict(flat, sep="/")
+        flat.update(flatten(tree))
+    return unflatten(flat)
 
 
 def count(tree) -> int:
-    return sum(int(leaf.size) for leaf in _flat(tree).values())
+    return sum(int(leaf.size) for leaf in flatten(tree).values())
 
 
 def random_k_masks(trainable, k: int, key) -> dict:
     """For each kernel in `trainable` (H, W, In, Out), a 0/1 float mask with exactly min(k, H*W*In)
     ones per output channel, at positions drawn from `key` (fold_in by the leaf's path order)."""
     masks = {}
-    for index, (path, kernel) in enumerate(sorted(_flat(trainable).items())):
+    for index, (path, kernel) in enumerate(sorted(flatten(trainable).items())):
         out_channels = kernel.shape[-1]
         per_channel = int(np.prod(kernel.shape[:-1]))
         scores = jax.random.uniform(jax.random.fold_in(key, index), (per_channel, out_channels))
         ranks = jnp.argsort(jnp.argsort(scores, axis=0), axis=0)  # each column a permutation
         masks[path] = (ranks < min(k, per_channel)).astype(jnp.float32).reshape(kernel.shape)
-    return traverse_util.unflatten_dict(masks, sep="/")
+    return unflatten(masks)
 
 
 def trainable_count(trainable, mode: str, k: int) -> int:
@@ -106,4 +109,4 @@ def trainable_count(trainable, mode: str, k: int) -> int:
     if mode not in MASKED_MODES:
         return count(trainable)
     return sum(min(k, int(np.prod(leaf.shape[:-1]))) * leaf.shape[-1]
-               for leaf in _flat(trainable).values())
+               for leaf in flatten(trainable).values())

@@ -5,6 +5,9 @@ import importlib.metadata
 
 import jax
 
+from bnjax.config import flat_fields
+from bnjax.errors import CheckpointError
+
 LIBRARIES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "bnjax")
 
 
@@ -37,27 +40,21 @@ VOLATILE_FIELDS = ("log.", "checkpoint.", "data.cache_dir", "data.tfds_data_dir"
                    "data.tfds_download")
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
-    return flat
+def _fields(config: dict) -> dict:
+    # JSON turns tuples into lists: compare both as lists
+    return {name: list(value) if isinstance(value, tuple) else value
+            for name, value in flat_fields(config)}
 
 
 def config_differences(saved: dict, current: dict) -> list[tuple]:
     """[(field, saved value, current value)] over the fields that decide the results."""
-    old, new = _flatten(saved), _flatten(current)
+    old, new = _fields(saved), _fields(current)
     return [(field, old.get(field), new.get(field)) for field in sorted(set(old) | set(new))
             if not field.startswith(VOLATILE_FIELDS) and old.get(field) != new.get(field)]
 
 
 def check_same_weights(saved: dict, current: dict, where: str) -> None:
     """The frozen weights regenerated now must be the ones the run was trained with."""
-    from bnjax.errors import CheckpointError
-
     for name, was in saved["prng"].items():
         now = current["prng"].get(name)
         if now != was:

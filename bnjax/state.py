@@ -15,7 +15,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import traverse_util
 
 from bnjax import partition
 from bnjax.models import build_model
@@ -72,7 +71,7 @@ def variable_shapes(model, image_shape) -> dict:
 def weights_checksum(tree) -> str:
     """sha256 over every leaf's path, dtype, shape and bytes, in path order."""
     digest = hashlib.sha256()
-    for path, leaf in sorted(traverse_util.flatten_dict(tree, sep="/").items()):
+    for path, leaf in sorted(partition.flatten(tree).items()):
         array = np.asarray(jax.device_get(leaf))
         digest.update(f"{path}|{array.dtype}|{array.shape}|".encode())
         digest.update(np.ascontiguousarray(array).tobytes())
@@ -94,13 +93,13 @@ def learning_rate_schedule(train_config, steps_per_epoch: int) -> optax.Schedule
 
 def mask_updates(masks) -> optax.GradientTransformation:
     """Multiply the updates of the leaves in `masks` elementwise (random_k's chosen elements)."""
-    flat_masks = traverse_util.flatten_dict(masks, sep="/")
+    flat_masks = partition.flatten(masks)
 
     def update_fn(updates, state, params=None):
-        flat = traverse_util.flatten_dict(updates, sep="/")
+        flat = partition.flatten(updates)
         masked = {path: update * flat_masks[path] if path in flat_masks else update
                   for path, update in flat.items()}
-        return traverse_util.unflatten_dict(masked, sep="/"), state
+        return partition.unflatten(masked), state
 
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
 

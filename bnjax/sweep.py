@@ -40,7 +40,7 @@ def _parse_value(field: str, text: str, current):
 
 def parse_grid(spec: str, config) -> list[tuple[str, list]]:
     """[(field, [values])] in the order given. Tuples are written with '/': lr_milestones=2/3."""
-    known = dict(config_lib._flat_items(config))
+    known = dict(config_lib.flat_fields(config))
     grid = []
     for part in filter(None, (p.strip() for p in spec.split(";"))):
         field, sep, values = part.partition("=")

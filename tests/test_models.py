@@ -61,8 +61,8 @@ def test_weights_are_a_pure_function_of_the_seed():
 
 def test_initialisers_follow_the_paper():
     params = _variables(0, name="cifar_resnet_8_16")["params"]
-    gammas = [v for p, v in partition._flat(params).items() if partition.role_of(p) == "gamma"]
-    betas = [v for p, v in partition._flat(params).items() if partition.role_of(p) == "beta"]
+    gammas = [v for p, v in partition.flatten(params).items() if partition.role_of(p) == "gamma"]
+    betas = [v for p, v in partition.flatten(params).items() if partition.role_of(p) == "beta"]
     gamma = np.concatenate([np.asarray(g) for g in gammas])
     assert gamma.min() >= 0 and gamma.max() < 1 and 0.3 < gamma.mean() < 0.7
     assert all(np.all(np.asarray(b) == 0) for b in betas)

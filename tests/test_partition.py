@@ -16,7 +16,7 @@ def params():
 
 
 def test_every_parameter_has_exactly_one_role(params):
-    roles = partition._flat(partition.param_roles(params))
+    roles = partition.flatten(partition.param_roles(params))
     assert set(roles.values()) == {"gamma", "beta", "conv", "shortcut", "output"}
     assert roles["stage2_block0/shortcut_bn/scale"] == "gamma"
     assert roles["stage2_block0/shortcut_conv/kernel"] == "shortcut"
@@ -91,15 +91,15 @@ def _masks(params, seed, k=2):
 
 def test_random_k_masks_pick_k_per_channel_and_follow_the_seed(params):
     trainable, masks = _masks(params, seed=0)
-    for path, mask in partition._flat(masks).items():
+    for path, mask in partition.flatten(masks).items():
         mask = np.asarray(mask)
-        assert mask.shape == partition._flat(trainable)[path].shape
+        assert mask.shape == partition.flatten(trainable)[path].shape
         per_channel = mask.reshape(-1, mask.shape[-1]).sum(axis=0)
         assert np.all(per_channel == min(2, mask[..., 0].size)), path
-    total = sum(int(np.asarray(m).sum()) for m in partition._flat(masks).values())
+    total = sum(int(np.asarray(m).sum()) for m in partition.flatten(masks).values())
     assert total == partition.trainable_count(trainable, "random_k", 2)
     _, again = _masks(params, seed=0)
     _, other = _masks(params, seed=1)
-    flat, flat_again, flat_other = (partition._flat(t) for t in (masks, again, other))
+    flat, flat_again, flat_other = (partition.flatten(t) for t in (masks, again, other))
     assert all(np.array_equal(flat[p], flat_again[p]) for p in flat)
     assert not all(np.array_equal(flat[p], flat_other[p]) for p in flat)

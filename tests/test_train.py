@@ -34,8 +34,8 @@ def _train_steps(config, steps):
 def test_only_trainable_leaves_change(tiny_config, mode):
     tiny_config.train.mode = mode
     run, initial, final, stats0, stats1 = _train_steps(tiny_config, 3)
-    labels = partition._flat(run.setup.labels)
-    before, after = partition._flat(initial), partition._flat(final)
+    labels = partition.flatten(run.setup.labels)
+    before, after = partition.flatten(initial), partition.flatten(final)
     for path, label in labels.items():
         if label == partition.FROZEN:
             assert np.asarray(before[path]).tobytes() == np.asarray(after[path]).tobytes(), path
@@ -49,8 +49,8 @@ def test_only_trainable_leaves_change(tiny_config, mode):
 def test_random_k_changes_only_the_chosen_elements(tiny_config):
     tiny_config.train.mode = "random_k"
     run, initial, final, _, _ = _train_steps(tiny_config, 3)
-    masks = partition._flat(run.setup.masks)
-    before, after = partition._flat(initial), partition._flat(final)
+    masks = partition.flatten(run.setup.masks)
+    before, after = partition.flatten(initial), partition.flatten(final)
     changed = 0
     for path in before:
         moved = np.asarray(before[path]) != np.asarray(after[path])
