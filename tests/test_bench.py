@@ -27,3 +27,26 @@ def test_gpu_check_script_is_valid_shell():
     assert subprocess.run(["bash", "-n", script]).returncode == 0
     text = open(script).read()
     assert "bfloat16" in text and "cifar_resnet_110" in text and "summary.jsonl" in text
+
+
+def test_xla_cpu_defaults_are_added_and_user_flags_win():
+    from bnjax.xla_flags import CPU_DEFAULTS, with_defaults
+    flags = with_defaults("--xla_force_host_platform_device_count=8 "
+                          "--xla_cpu_enable_concurrency_optimized_scheduler=true")
+    assert "--xla_force_host_platform_device_count=8" in flags
+    assert "--xla_cpu_enable_concurrency_optimized_scheduler=true" in flags
+    assert "concurrency_optimized_scheduler=false" not in flags
+    ynn = "--xla_cpu_experimental_ynn_fusion_type=" + CPU_DEFAULTS["xla_cpu_experimental_ynn_fusion_type"]
+    assert flags.count(ynn) == 1 and with_defaults(flags) == flags
+
+
+def test_importing_bnjax_sets_the_flags_before_jax_starts(tmp_path):
+    import subprocess
+    import sys
+    # XLA rejects unknown flags when the backend starts: this also checks that they exist.
+    code = ("import os, bnjax, jax; jax.devices(); "
+            "print(os.environ['XLA_FLAGS'])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**__import__("os").environ, "XLA_FLAGS": ""}).stdout
+    assert "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution" in out
+    assert "--xla_cpu_enable_concurrency_optimized_scheduler=false" in out
