@@ -25,6 +25,7 @@ from bnjax import data as data_lib
 from bnjax import partition
 from bnjax.data.augment import normalize
 from bnjax.data.batches import eval_batches
+from bnjax.models import parse_name
 from bnjax.step import evaluate, make_eval_step, make_mesh, replicate
 
 SMALL_GAMMA = 0.01
@@ -109,7 +110,8 @@ def analyze(trained, data_source: str | None = None) -> dict:
     config = trained.config
     if data_source:
         config.data.source = data_source
-    _, test = data_lib.load_splits(config.data)
+    _, test = data_lib.load_splits(
+        config.data, parse_name(config.model.name).image_size, config.seed)
     params = partition.merge(jax.device_get(trained.state.trainable), trained.frozen)
     batch_stats = jax.device_get(trained.state.batch_stats)
     model = trained.setup.model

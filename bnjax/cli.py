@@ -49,6 +49,16 @@ _STOP_AT_STEP = flags.DEFINE_integer("stop_at_step", None, "Save a checkpoint af
                                      "global step and exit; rerun to continue (for time-limited "
                                      "job slots).")
 
+_MULTI_PROCESS = flags.DEFINE_bool("multi_process", False, "train: one of several processes "
+                                   "(one per host) that JAX finds itself: a TPU pod slice, a "
+                                   "Slurm job step, an MPI launch.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "train, multi-process: host:port "
+                                   "of process 0, naming the processes explicitly.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "train, multi-process: how many "
+                                      "processes (one per host).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "train, multi-process: this process's "
+                                   "number, 0 .. num_processes - 1.")
+
 USAGE = __doc__.split("\n\n")[1]
 EXIT_USAGE = 2
 
@@ -75,11 +85,14 @@ def _config():
 
 
 def cmd_train() -> None:
-    from bnjax import train  # imports jax: keep `bnjax --help` and flag errors instant
+    from bnjax import distributed, train  # imports jax: keep `bnjax --help` instant
 
     workdir = _require_flag(_WORKDIR.value, "workdir", "--workdir=runs/resnet20_bn")
+    config = _config()
+    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                           _MULTI_PROCESS.value)
     try:
-        train.train_and_evaluate(_config(), workdir, stop_at_step=_STOP_AT_STEP.value,
+        train.train_and_evaluate(config, workdir, stop_at_step=_STOP_AT_STEP.value,
                                  overwrite=_OVERWRITE.value, branch=_BRANCH.value)
     except train.Interrupted as stop:
         logging.info("%s", stop)

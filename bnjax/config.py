@@ -35,9 +35,11 @@ def base_config() -> ml_collections.ConfigDict:
     # A tensorflow-datasets name (cifar10, cifar100) or a path to an image folder / .tar(.gz).
     config.data.source = "cifar10"
     config.data.tfds_data_dir = ""  # tfds data_dir; '' means tfds' default (~/tensorflow_datasets)
+    config.data.tfds_manual_dir = ""  # where tfds finds manually downloaded files (ImageNet)
     config.data.tfds_download = True  # let tfds download and prepare the set if it is missing
     config.data.cache_dir = ""  # decoded uint8 cache for image folders; '' = ~/.cache/bnjax
     config.data.skip_corrupt = False  # skip (and count) unreadable images instead of stopping
+    config.data.decode_threads = 16  # host threads decoding a streamed (ImageNet) split
     config.data.train_split = "train"
     config.data.eval_split = "test"
 
@@ -176,6 +178,9 @@ def validate(config) -> None:
         _require(isinstance(value, int) and not isinstance(value, bool) and value >= lowest,
                  f"checkpoint.{field}", value, f"an integer >= {lowest}")
 
+    threads = config.data.decode_threads
+    _require(isinstance(threads, int) and not isinstance(threads, bool) and 1 <= threads <= 256,
+             "data.decode_threads", threads, "an integer from 1 to 256")
     source = config.data.source
     _require(isinstance(source, str) and source != "", "data.source", source,
              "a tensorflow-datasets name such as 'cifar10' or a path to an image folder or "

@@ -24,6 +24,7 @@ from bnjax import config as config_lib
 from bnjax import data as data_lib
 from bnjax.errors import CheckpointError
 from bnjax.metrics import write_json
+from bnjax.models import parse_name
 from bnjax.state import initialize
 from bnjax.step import evaluate, make_eval_step, make_mesh, replicate
 
@@ -162,7 +163,8 @@ def evaluate_export(path: str, data_source: str | None = None) -> dict:
     config, description = trained.config, trained.description
     if data_source:
         config.data.source = data_source
-    _, eval_data = data_lib.load_splits(config.data)
+    _, eval_data = data_lib.load_splits(
+        config.data, parse_name(config.model.name).image_size, config.seed)
     mesh = make_mesh()
     state, frozen = replicate((trained.state, trained.frozen), mesh)
     result = evaluate(make_eval_step(trained.setup.model), mesh, state, frozen, eval_data,

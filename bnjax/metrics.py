@@ -40,32 +40,44 @@ def _keep_lines_up_to(path: str, last_step: int) -> None:
 
 class Reporter:
     """Progress lines on the log, scalars in <workdir>/tensorboard, and <workdir>/train_log.jsonl
-    (one line per log window: the step and the window's mean loss, accuracy and lr)."""
+    (one line per log window: the step and the window's mean loss, accuracy and lr).
 
-    def __init__(self, workdir: str, total_steps: int, steps_per_epoch: int, start_step: int):
+    In a multi-process run only the chief (process 0) reports; the others just compute the
+    window means, which every process needs to stop on a non-finite loss together.
+    """
+
+    def __init__(self, workdir: str, total_steps: int, steps_per_epoch: int, start_step: int,
+                 chief: bool = True):
         self.total_steps = total_steps
         self.steps_per_epoch = steps_per_epoch
+        self.chief = chief
         self.train_log = os.path.join(workdir, "train_log.jsonl")
-        _keep_lines_up_to(self.train_log, start_step)
-        # purge_step hides TensorBoard events a crashed attempt wrote past the checkpoint
-        self.tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"),
-                                         purge_step=start_step + 1 if start_step else None)
+        self.tensorboard = None
+        if chief:
+            _keep_lines_up_to(self.train_log, start_step)
+            # purge_step hides TensorBoard events a crashed attempt wrote past the checkpoint
+            self.tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"),
+                                             purge_step=start_step + 1 if start_step else None)
         self.started = time.time()
 
     def scalars(self, step: int, group: str, values: dict) -> None:
-        for name, value in values.items():
-            self.tensorboard.add_scalar(f"{group}/{name}", value, step)
+        if self.chief:
+            for name, value in values.items():
+                self.tensorboard.add_scalar(f"{group}/{name}", value, step)
 
     def train_window(self, step: int, window: list) -> dict:
         """Mean of the window's per-step metrics (device arrays), logged to file and TensorBoard."""
         values = {name: float(np.mean(jax.device_get([m[name] for m in window])))
                   for name in window[0]}
-        with open(self.train_log, "a") as f:
-            f.write(json.dumps({"step": step, **values}) + "\n")
+        if self.chief:
+            with open(self.train_log, "a") as f:
+                f.write(json.dumps({"step": step, **values}) + "\n")
         self.scalars(step, "train", values)
         return values
 
     def progress(self, step: int, values: dict, images_per_s: float, steps_per_s: float) -> None:
+        if not self.chief:
+            return
         self.tensorboard.add_scalar("train/images_per_s", images_per_s, step)
         remaining = (self.total_steps - step) / steps_per_s if steps_per_s else 0.0
         epoch = (step - 1) // self.steps_per_epoch + 1
@@ -76,12 +88,15 @@ class Reporter:
 
     def eval_result(self, step: int, epoch: int, values: dict) -> None:
         self.scalars(step, "test", values)
+        if not self.chief:
+            return
         logging.info("epoch %d  test loss %.4f  test accuracy %.4f  (elapsed %s)", epoch,
                      values["loss"], values["accuracy"], format_duration(time.time() -
                                                                          self.started))
 
     def close(self) -> None:
-        self.tensorboard.close()
+        if self.tensorboard:
+            self.tensorboard.close()
 
 
 class _OnlyOwnInfo(pylogging.Filter):

@@ -42,7 +42,7 @@ def mask_key(seed: int) -> jax.Array:
 
 def on_cpu(function, *args):
     """Run `function` jitted on the CPU: seeded draws must be bit-identical on every backend."""
-    with jax.default_device(jax.devices("cpu")[0]):
+    with jax.default_device(jax.local_devices(backend="cpu")[0]):
         return jax.jit(function)(*args)
 
 

@@ -17,6 +17,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from bnjax import partition
 from bnjax.data.augment import normalize, random_crop_flip
 from bnjax.data.batches import eval_batches
+from bnjax.distributed import local_rows
 from bnjax.state import TrainState
 
 
@@ -27,22 +28,45 @@ def make_mesh(devices=None) -> Mesh:
 
 
 def replicate(tree, mesh: Mesh):
-    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
+    """The same value on every device of the mesh (every process passes the same tree)."""
+    sharding = NamedSharding(mesh, PartitionSpec())
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+
+    def put(leaf):  # device_put cannot reach other processes' devices
+        if jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            return jax.random.wrap_key_data(put(jax.random.key_data(leaf)),
+                                            impl=jax.random.key_impl(leaf))
+        return jax.make_array_from_process_local_data(sharding, np.asarray(leaf))
+
+    return jax.tree.map(put, tree)
 
 
-def shard_batch(arrays, mesh: Mesh):
-    return jax.device_put(arrays, NamedSharding(mesh, PartitionSpec("data")))
+def shard_batch(local_arrays, mesh: Mesh):
+    """Global batch arrays split over the 'data' axis, from this process's rows of the batch
+    (all of it in a single-process run; see distributed.local_rows)."""
+    sharding = NamedSharding(mesh, PartitionSpec("data"))
+    if jax.process_count() == 1:
+        return jax.device_put(local_arrays, sharding)
+    return jax.tree.map(lambda a: jax.make_array_from_process_local_data(sharding, a),
+                        local_arrays)
 
 
 def _cross_entropy(logits, targets):
     return optax.softmax_cross_entropy_with_integer_labels(logits, targets)
 
 
-def make_train_step(model, optimizer, labels, schedule):
-    """train_step(state, frozen, images_uint8, targets, augment_key) -> (state, metrics)."""
+def make_train_step(model, optimizer, labels, schedule, augment_on_device: bool = True):
+    """train_step(state, frozen, images_uint8, targets, augment_key) -> (state, metrics).
+
+    augment_on_device: CIFAR's pad-crop and flip inside the step, keyed by (key, step); off for
+    batches the host pipeline has already augmented (ImageNet).
+    """
 
     def train_step(state: TrainState, frozen, images, targets, augment_key):
-        inputs = normalize(random_crop_flip(jax.random.fold_in(augment_key, state.step), images))
+        if augment_on_device:
+            images = random_crop_flip(jax.random.fold_in(augment_key, state.step), images)
+        inputs = normalize(images)
 
         def loss_fn(trainable):
             variables = {"params": partition.merge(trainable, frozen),
@@ -90,9 +114,10 @@ def evaluate(eval_step, mesh, state: TrainState, frozen, data, batch_size: int) 
     # At most batch_size, no more than the split needs, and a multiple of the device count.
     batch_size = -(-min(batch_size, len(data)) // mesh.size) * mesh.size
     totals = None
+    rows = local_rows(batch_size)
     for images, targets, weights in eval_batches(data, batch_size):
         sums = eval_step(state.trainable, frozen, state.batch_stats,
-                         *shard_batch((images, targets, weights), mesh))
+                         *shard_batch((images[rows], targets[rows], weights[rows]), mesh))
         totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     totals = jax.device_get(totals)
     return {"loss": float(totals["loss_sum"] / totals["count"]),

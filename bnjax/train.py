@@ -15,13 +15,14 @@ from absl import logging
 
 from bnjax import config as config_lib
 from bnjax import data as data_lib
-from bnjax import checkpoint, runinfo
+from bnjax import checkpoint, distributed, runinfo
 from bnjax import workdir as workdir_lib
 from bnjax.data.batches import steps_per_epoch as count_steps_per_epoch
-from bnjax.data.batches import train_batches
+from bnjax.data.batches import prefetch, train_batches
 from bnjax.errors import (CheckpointError, ConfigError, DamagedCheckpointError, DataError,
                           TrainingError)
 from bnjax.metrics import Reporter, write_json
+from bnjax.models import parse_name
 from bnjax.state import ModelSetup, augment_key, initialize
 from bnjax.step import evaluate, make_eval_step, make_mesh, make_train_step, replicate, shard_batch
 
@@ -38,7 +39,7 @@ class Run:
 
     def describe(self) -> dict:
         return runinfo.describe(self.config, self.setup.frozen_checksum,
-                                self.train_data.num_classes, self.train_data.images.shape[1:])
+                                self.train_data.num_classes, self.train_data.image_shape)
 
 
 def check_devices(config, device_count: int) -> None:
@@ -51,13 +52,14 @@ def build_run(config):
     """Validate, load data, init the model from the seed and split it. Writes nothing."""
     config_lib.validate(config)
     check_devices(config, jax.device_count())
-    train_data, eval_data = data_lib.load_splits(config.data)
+    train_data, eval_data = data_lib.load_splits(
+        config.data, parse_name(config.model.name).image_size, config.seed)
     per_epoch = count_steps_per_epoch(len(train_data), config.train.batch_size)
     if per_epoch == 0:
         raise DataError(f"the training split has {len(train_data)} examples, fewer than "
                         f"train.batch_size = {config.train.batch_size}; lower the batch size")
     setup, state, frozen = initialize(config, train_data.num_classes,
-                                      train_data.images.shape[1:], per_epoch)
+                                      train_data.image_shape, per_epoch)
     run = Run(config=config, setup=setup, train_data=train_data, eval_data=eval_data,
               steps_per_epoch=per_epoch, total_steps=per_epoch * config.train.epochs)
     return run, state, frozen
@@ -140,20 +142,30 @@ def train_and_evaluate(config, workdir: str, stop_at_step: int | None = None,
     """
     run, state, frozen = build_run(config)  # validation and data: nothing is written before
     description = run.describe()
+    chief = distributed.is_chief()
+    with _claim_workdir(workdir, overwrite) if chief else contextlib.nullcontext():
+        distributed.barrier("workdir ready")
+        manager = checkpoint.open_manager(workdir, config.checkpoint)
+        try:
+            state, history = _resume(workdir, manager, state, description, branch)
+            if chief:
+                write_json(os.path.join(workdir, "run.json"), description)
+            return _train_loop(run, workdir, manager, state, frozen, history, description,
+                               stop_at_step)
+        finally:
+            _finish_saves(manager)
+
+
+@contextlib.contextmanager
+def _claim_workdir(workdir: str, overwrite: bool):
+    """Create the workdir (setting an old run aside if asked) and hold its lock."""
     if overwrite:
         moved = workdir_lib.set_aside(workdir)
         if moved:
             logging.warning("--overwrite: the previous run in %s was moved to %s", workdir, moved)
     workdir_lib.create(workdir)
     with workdir_lib.locked(workdir):
-        manager = checkpoint.open_manager(workdir, config.checkpoint)
-        try:
-            state, history = _resume(workdir, manager, state, description, branch)
-            write_json(os.path.join(workdir, "run.json"), description)
-            return _train_loop(run, workdir, manager, state, frozen, history, description,
-                               stop_at_step)
-        finally:
-            _finish_saves(manager)
+        yield
 
 
 def _finish_saves(manager) -> None:
@@ -198,18 +210,22 @@ def _train_loop(run, workdir, manager, state, frozen, history, description, stop
     mesh = make_mesh()
     state, frozen = replicate((state, frozen), mesh)
     setup = run.setup
-    train_step = make_train_step(setup.model, setup.optimizer, setup.labels, setup.schedule)
+    train_step = make_train_step(setup.model, setup.optimizer, setup.labels, setup.schedule,
+                                 augment_on_device=not run.train_data.augmented_on_host)
     eval_step = make_eval_step(setup.model)
     key = replicate(augment_key(config.seed), mesh)
-    reporter = Reporter(workdir, run.total_steps, run.steps_per_epoch, start_step)
+    reporter = Reporter(workdir, run.total_steps, run.steps_per_epoch, start_step,
+                        chief=distributed.is_chief())
+    rows = distributed.local_rows(config.train.batch_size)
     pending, train_values = [], None
     window_start, window_steps, first_window = time.time(), 0, True
     train_seconds, trained_images = 0.0, 0
     started = time.time()
     with signals_received() as received:
         try:
-            for step, images, targets in train_batches(run.train_data, config.train.batch_size,
-                                                       config.seed, start_step, run.total_steps):
+            batches = prefetch(train_batches(run.train_data, config.train.batch_size,
+                                             config.seed, start_step, run.total_steps, rows))
+            for step, images, targets in batches:
                 state, metrics = train_step(state, frozen, *shard_batch((images, targets), mesh),
                                             key)
                 pending.append(metrics)
@@ -217,7 +233,8 @@ def _train_loop(run, workdir, manager, state, frozen, history, description, stop
                 done = step + 1
                 epoch, end_of_epoch = divmod(done, run.steps_per_epoch)
                 end_of_epoch = end_of_epoch == 0
-                stopping = bool(received) or done == stop_at_step
+                # A signal may reach one host of many: all stop at the same step.
+                stopping = distributed.any_process(bool(received)) or done == stop_at_step
                 saving = (stopping or done == run.total_steps
                           or (end_of_epoch and epoch % config.checkpoint.every_epochs == 0)
                           or (config.checkpoint.every_steps
@@ -258,7 +275,8 @@ def _train_loop(run, workdir, manager, state, frozen, history, description, stop
     metrics = _final_metrics(run, history,
                              trained_images / train_seconds if train_seconds else None,
                              time.time() - started)
-    write_json(os.path.join(workdir, "metrics.json"), metrics)
+    if distributed.is_chief():
+        write_json(os.path.join(workdir, "metrics.json"), metrics)
     logging.info("done: test accuracy %.4f after %d epochs", metrics["test_accuracy"],
                  config.train.epochs)
     return metrics

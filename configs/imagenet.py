@@ -1,7 +1,7 @@
 """ImageNet, open_lth's recipe: batch 1024, lr 0.4 with a 5-epoch linear warm-up, /10 at epochs
 30, 60 and 80, 90 epochs, weight decay 1e-4. The argument picks the model (default
-imagenet_resnet_50). `bnjax summary` works today; training needs the streamed ImageNet input
-pipeline, which is not implemented yet (bnjax's in-memory datasets fit CIFAR only).
+imagenet_resnet_50). imagenet2012 is streamed from a prepared tfds data_dir (README, "Where to
+run"): --config.data.tfds_data_dir=DIR.
 """
 from bnjax.config import base_config
 

@@ -27,10 +27,23 @@ def test_tpu_vm_lifecycle_dry_run():
     assert delete.stdout.startswith("gcloud compute tpus tpu-vm delete bn1")
 
 
-def test_tpu_pod_slices_are_refused_until_multi_host_exists():
-    result = launch("tpu_vm.sh", "create", "--name=p", "--zone=z", "--type=v4-32", "--dry-run")
-    assert result.returncode == 2
-    assert "multi-host training is not supported yet" in result.stderr
+def test_tpu_pod_slice_runs_one_multi_process_trainer_per_host():
+    common = ["--name=pod", "--zone=us-central2-b", "--type=v4-32", "--dry-run"]
+    create = launch("tpu_vm.sh", "create", *common)
+    assert "--accelerator-type=v4-32" in create.stdout
+    run = launch("tpu_vm.sh", "run", *common, *TRAIN)
+    assert run.returncode == 0, run.stderr
+    ssh = run.stdout.splitlines()[2]
+    assert "tpu-vm ssh pod" in ssh and "--worker=all" in ssh
+    assert "bnjax\\ train\\ --multi_process\\ --config=configs/cifar10.py" in ssh
+    single = launch("tpu_vm.sh", "run", "--name=one", "--zone=z", "--type=v5litepod-8",
+                    "--dry-run", *TRAIN)
+    assert "--multi_process" not in single.stdout
+
+
+def test_tpu_type_must_be_an_accelerator_type():
+    result = launch("tpu_vm.sh", "create", "--name=p", "--zone=z", "--type=big", "--dry-run")
+    assert result.returncode == 2 and "--type=big" in result.stderr
 
 
 def test_slurm_dry_run_prints_the_batch_script():
@@ -43,6 +56,14 @@ def test_slurm_dry_run_prints_the_batch_script():
         "srun bnjax train --config=configs/cifar10.py --workdir=runs/r20")
 
 
+def test_slurm_multi_node_runs_one_process_per_node():
+    result = launch("slurm.sh", "--nodes=4", "--gpus=8", "--dry-run", *TRAIN)
+    assert result.returncode == 0, result.stderr
+    assert "#SBATCH --nodes=4" in result.stdout and "#SBATCH --ntasks-per-node=1" in result.stdout
+    assert "srun bnjax train --multi_process --config=configs/cifar10.py" in result.stdout
+    assert launch("slurm.sh", "--nodes=zero", "--dry-run").returncode == 2
+
+
 def test_gpu_workstation_dry_run():
     result = launch("gpu_workstation.sh", "--gpus=0,1", "--dry-run", *TRAIN)
     assert result.returncode == 0, result.stderr
@@ -51,5 +72,5 @@ def test_gpu_workstation_dry_run():
 
 
 def test_unknown_option_is_an_error():
-    result = launch("slurm.sh", "--nodes=2")
-    assert result.returncode == 2 and "unknown option --nodes=2" in result.stderr
+    result = launch("slurm.sh", "--nodez=2")
+    assert result.returncode == 2 and "unknown option --nodez=2" in result.stderr

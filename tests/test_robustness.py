@@ -190,8 +190,8 @@ def config(image_folder, tmp_path):
 def _inject_nan_from(monkeypatch, first_bad_step):
     make = train.make_train_step
 
-    def make_faulty(*args):
-        step_fn = make(*args)
+    def make_faulty(*args, **kwargs):
+        step_fn = make(*args, **kwargs)
 
         def faulty(state, *rest):
             step = int(state.step) + 1  # read before the call: the state buffer is donated

@@ -5,15 +5,24 @@ import os
 from bnjax.config import looks_like_path
 from bnjax.data.dataset import Dataset
 from bnjax.data.image_folder import load_image_folder
-from bnjax.data.tfds_source import load_tfds
+from bnjax.data.tfds_source import is_streamed, load_tfds, open_streamed
 
 
 def default_cache_dir() -> str:
     return os.path.join(os.path.expanduser("~"), ".cache", "bnjax")
 
 
-def load_splits(data_config) -> tuple[Dataset, Dataset]:
-    """(train, eval) splits for `config.data`; DataError with a fix if they cannot be read."""
+def load_splits(data_config, image_size: int = 224, seed: int = 0):
+    """(train, eval) splits for `config.data`; DataError with a fix if they cannot be read.
+
+    Streamed (ImageNet) splits are cropped to the model's image_size on the host, with crops
+    keyed by the seed; in-memory ones keep their size and are augmented on the device.
+    """
+    if not looks_like_path(data_config.source) and is_streamed(data_config.source):
+        return open_streamed(data_config.source, data_config.train_split, data_config.eval_split,
+                             data_config.tfds_data_dir, data_config.tfds_download,
+                             data_config.tfds_manual_dir, image_size, seed,
+                             data_config.decode_threads)
     splits = (data_config.train_split, data_config.eval_split)
     if looks_like_path(data_config.source):
         loaded = load_image_folder(data_config.source, splits,
@@ -21,7 +30,7 @@ def load_splits(data_config) -> tuple[Dataset, Dataset]:
                                    data_config.skip_corrupt)
     else:
         loaded = load_tfds(data_config.source, splits, data_config.tfds_data_dir,
-                           data_config.tfds_download)
+                           data_config.tfds_download, data_config.tfds_manual_dir)
     return loaded[data_config.train_split], loaded[data_config.eval_split]
 
 

@@ -4,6 +4,9 @@ The position in the stream is just the global step, so resuming at step k needs 
 but k. The N mod batch_size examples left over in an epoch (different ones each epoch) are skipped
 so that every step has the same shape and compiles once.
 """
+import queue
+import threading
+
 import numpy as np
 
 from bnjax.data.dataset import Dataset
@@ -17,23 +20,24 @@ def epoch_order(seed: int, epoch: int, num_examples: int) -> np.ndarray:
     return np.random.default_rng((seed, epoch)).permutation(num_examples)
 
 
-def train_batches(data: Dataset, batch_size: int, seed: int, start_step: int, end_step: int):
-    """Yield (step, images, labels) for global steps start_step .. end_step - 1."""
+def train_batches(data: Dataset, batch_size: int, seed: int, start_step: int, end_step: int,
+                  rows: slice = slice(None)):
+    """Yield (step, images, labels) for global steps start_step .. end_step - 1: the given rows
+    of each global batch (a process of a multi-process run reads only its own)."""
     per_epoch = steps_per_epoch(len(data), batch_size)
     epoch, order = None, None
     for step in range(start_step, end_step):
         if step // per_epoch != epoch:
             epoch = step // per_epoch
             order = epoch_order(seed, epoch, len(data))
-        index = np.sort(order[(step % per_epoch) * batch_size:][:batch_size])
-        yield step, data.images[index], data.labels[index]
+        index = np.sort(order[(step % per_epoch) * batch_size:][:batch_size])[rows]
+        yield (step, *data.read(index, step))
 
 
 def eval_batches(data: Dataset, batch_size: int):
     """Yield (images, labels, weights); the last batch is zero-padded with weight 0."""
     for start in range(0, len(data), batch_size):
-        images = data.images[start:start + batch_size]
-        labels = data.labels[start:start + batch_size]
+        images, labels = data.read(np.arange(start, min(start + batch_size, len(data))))
         weights = np.ones(len(labels), np.float32)
         missing = batch_size - len(labels)
         if missing:
@@ -41,3 +45,36 @@ def eval_batches(data: Dataset, batch_size: int):
             labels = np.concatenate([labels, np.zeros(missing, np.int32)])
             weights = np.concatenate([weights, np.zeros(missing, np.float32)])
         yield images, labels, weights
+
+
+def prefetch(batches, depth: int = 2):
+    """Iterate `batches` on a background thread, `depth` items ahead, so that reading and
+    decoding the next batch overlaps the device's work on this one. Errors are re-raised here."""
+    items: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def produce():
+        try:
+            for item in batches:
+                while not stop.is_set():
+                    try:
+                        items.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            items.put(done)
+        except BaseException as error:  # handed to the consumer
+            items.put(error)
+
+    thread = threading.Thread(target=produce, name="bnjax-prefetch", daemon=True)
+    thread.start()
+    try:
+        while (item := items.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
