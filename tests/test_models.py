@@ -1,3 +1,5 @@
+import chex
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -93,3 +95,35 @@ def test_forward_gives_float32_logits_per_class():
     assert variables["params"]["stage2_block0"]["conv1"]["kernel"].shape == (3, 3, 4, 8)
     assert "shortcut_conv" in variables["params"]["stage2_block0"]
     assert "shortcut_conv" not in variables["params"]["stage1_block0"]
+
+
+@pytest.mark.parametrize("kernel,stride,padding", [(3, 1, ((1, 1), (1, 1))),
+                                                   (3, 2, ((1, 1), (1, 1))),
+                                                   (1, 2, "VALID"), (7, 2, ((3, 3), (3, 3)))])
+def test_conv_layer_equals_flax_conv_values_and_gradients(kernel, stride, padding):
+    from flax import linen as nn
+
+    from bnjax.models.conv import Conv, uses_matmul_weight_grad
+    x = jax.random.normal(jax.random.key(1), (4, 16, 16, 5))
+    ours = Conv(6, (kernel, kernel), (stride, stride), padding=padding)
+    flax_conv = nn.Conv(6, (kernel, kernel), (stride, stride), padding=padding, use_bias=False)
+    params = ours.init(jax.random.key(0), x)
+    chex.assert_trees_all_equal(params, flax_conv.init(jax.random.key(0), x))
+    assert uses_matmul_weight_grad(x.shape)  # 16x16 on the CPU: the custom weight gradient
+
+    def loss(module):
+        return lambda p, x: jnp.sum(jnp.sin(module.apply(p, x)))
+
+    ours_grads = jax.jit(jax.grad(loss(ours), argnums=(0, 1)))(params, x)
+    flax_grads = jax.jit(jax.grad(loss(flax_conv), argnums=(0, 1)))(params, x)
+    np.testing.assert_allclose(ours.apply(params, x), flax_conv.apply(params, x), rtol=1e-6,
+                               atol=1e-6)
+    chex.assert_trees_all_close(ours_grads, flax_grads, rtol=1e-5, atol=1e-5)
+
+
+def test_conv_weight_gradient_choice_per_backend_and_size():
+    from bnjax.models.conv import uses_matmul_weight_grad
+    assert uses_matmul_weight_grad((128, 32, 32, 16), "cpu")
+    assert not uses_matmul_weight_grad((128, 8, 8, 64), "cpu")  # lax's gradient is faster there
+    assert not uses_matmul_weight_grad((128, 32, 32, 16), "gpu")
+    assert not uses_matmul_weight_grad((128, 32, 32, 16), "tpu")

@@ -108,7 +108,7 @@ def test_same_config_and_seed_give_same_metrics(tiny_config, tmp_path):
         assert first[key] == second[key]
 
 
-def _compiled_convolutions(mode):
+def _compiled_convs_and_dots(mode):
     import re
 
     from bnjax.config import base_config
@@ -120,17 +120,24 @@ def _compiled_convolutions(mode):
     step = make_train_step(setup.model, setup.optimizer, setup.labels, setup.schedule)
     images, targets = np.zeros((8, 32, 32, 3), np.uint8), np.zeros(8, np.int32)
     text = step.lower(state, frozen, images, targets, augment_key(0)).compile().as_text()
-    return len(re.findall(r"= \S+ convolution\(", text))
+    return (len(re.findall(r"= \S+ convolution\(", text)),
+            len(re.findall(r"= \S+ dot\(", text)))
 
 
 def test_bn_only_step_compiles_to_no_weight_gradient_convolutions():
-    forward = _compiled_convolutions("none")  # no backward pass at all
+    forward, forward_dots = _compiled_convs_and_dots("none")  # no backward pass at all
     assert forward == 9  # stem + 3 blocks x 2 + 2 shortcuts of ResNet-8
-    # BN-only: the forward convs plus one input-gradient conv per conv but the stem's
-    # (its input is the image); no conv computes a kernel gradient, grad-norm logging included
-    assert _compiled_convolutions("bn") == 2 * forward - 1
-    # training everything adds exactly one weight-gradient convolution per conv
-    assert _compiled_convolutions("all") == 3 * forward - 1
+    # BN-only: the forward convs plus one input-gradient conv per conv but the stem's (its
+    # input is the image), and the dense layer's input gradient; no kernel gradient at all,
+    # grad-norm logging included
+    assert _compiled_convs_and_dots("bn") == (2 * forward - 1, forward_dots + 1)
+    # Training everything adds every weight gradient. On the CPU the convs whose input is at
+    # least 16x16 get theirs as one matrix product per kernel tap (six 3x3 convs x 9 + two 1x1
+    # shortcuts), the last conv (8x8 input) as a convolution (bnjax.models.conv); plus the
+    # dense layer's. Other backends compute every weight gradient as a convolution.
+    expected = ((2 * forward, forward_dots + 1 + 56 + 1) if jax.default_backend() == "cpu"
+                else (3 * forward - 1, forward_dots + 2))
+    assert _compiled_convs_and_dots("all") == expected
 
 
 def test_bfloat16_compute_keeps_float32_parameters_and_statistics(tiny_config):

@@ -6,6 +6,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from bnjax.models.conv import Conv
+
 # PyTorch kaiming_normal_(mode='fan_in', nonlinearity='relu'): N(0, 2 / fan_in), not truncated.
 kaiming_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
 
@@ -46,10 +48,10 @@ BN_EPSILON = 1e-5
 
 
 def conv_and_norm(train: bool, bn_init: str, dtype):
-    """(conv, norm) layer constructors: bias-free Kaiming-normal convs, PyTorch-like BatchNorm
-    whose running averages are used when not training."""
+    """(conv, norm) layer constructors: bias-free Kaiming-normal convs (bnjax.models.conv),
+    PyTorch-like BatchNorm whose running averages are used when not training."""
     gamma_init, beta_init = BN_INITIALIZERS[bn_init]
-    conv = functools.partial(nn.Conv, use_bias=False, kernel_init=kaiming_normal, dtype=dtype)
+    conv = functools.partial(Conv, kernel_init=kaiming_normal, dtype=dtype)
     norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=BN_MOMENTUM,
                              epsilon=BN_EPSILON, dtype=dtype, scale_init=gamma_init,
                              bias_init=beta_init)
