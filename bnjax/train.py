@@ -239,7 +239,8 @@ def _train_loop(run, workdir, manager, state, frozen, history, description, stop
                           or (end_of_epoch and epoch % config.checkpoint.every_epochs == 0)
                           or (config.checkpoint.every_steps
                               and done % config.checkpoint.every_steps == 0))
-                if done % config.log.every_steps == 0 or end_of_epoch or saving:
+                window_done = done % config.log.every_steps == 0 or end_of_epoch or saving
+                if window_done:
                     train_values = reporter.train_window(done, pending)  # one host sync
                     _check_finite(train_values, done - window_steps + 1, done, config.train.lr,
                                   manager.latest_step())
@@ -268,7 +269,8 @@ def _train_loop(run, workdir, manager, state, frozen, history, description, stop
                 if stopping:
                     manager.wait_until_finished()
                     raise Interrupted(done, received[0] if received else None)
-                window_start = time.time()
+                if window_done:  # the next window's clock starts after eval and saving
+                    window_start = time.time()
         finally:
             reporter.close()
 
