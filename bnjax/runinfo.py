@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import os
 
 import jax
 
@@ -32,12 +33,14 @@ def describe(config, frozen_checksum: str, num_classes: int, image_shape) -> dic
             "image_shape": list(image_shape), "frozen_checksum": frozen_checksum,
             "prng": prng_settings(),
             "versions": library_versions(), "backend": jax.default_backend(),
-            "device_count": jax.device_count()}
+            "device_count": jax.device_count(), "process_count": jax.process_count(),
+            # informational: XLA settings change float rounding, not what the seed regenerates
+            "xla_flags": os.environ.get("XLA_FLAGS", "")}
 
 
 # Fields that change how a run is watched or stored, not what it computes.
 VOLATILE_FIELDS = ("log.", "checkpoint.", "data.cache_dir", "data.tfds_data_dir",
-                   "data.tfds_download")
+                   "data.tfds_download", "data.tfds_manual_dir", "data.decode_threads")
 
 
 def _fields(config: dict) -> dict:
