@@ -1,6 +1,8 @@
 """The `bnjax` command: parses flags and dispatches; the work lives in the modules below it.
 
     bnjax train       --config=configs/cifar10.py --workdir=DIR [--config.FIELD=VALUE ...]
+                      [--multi_process | --coordinator_address=H:P --num_processes=N
+                       --process_id=I]
     bnjax summary     --config=configs/cifar10.py[:MODEL]
     bnjax export      --workdir=DIR --out=FILE [--step=N]
     bnjax eval        --export=FILE [--data_source=PATH]
