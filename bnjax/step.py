@@ -27,13 +27,14 @@ def make_mesh(devices=None) -> Mesh:
     return Mesh(np.array(jax.devices() if devices is None else devices), ("data",))
 
 
-def replicate(tree, mesh: Mesh):
-    """The same value on every device of the mesh (every process passes the same tree)."""
-    sharding = NamedSharding(mesh, PartitionSpec())
+def _place(tree, sharding: NamedSharding):
+    """Global arrays with this sharding, from what this process holds: all of each array for a
+    replicated sharding, its own rows for a batch-split one. device_put when one process owns
+    every device; otherwise device_put cannot reach the other processes' devices."""
     if jax.process_count() == 1:
         return jax.device_put(tree, sharding)
 
-    def put(leaf):  # device_put cannot reach other processes' devices
+    def put(leaf):
         if jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
             return jax.random.wrap_key_data(put(jax.random.key_data(leaf)),
                                             impl=jax.random.key_impl(leaf))
@@ -42,14 +43,15 @@ def replicate(tree, mesh: Mesh):
     return jax.tree.map(put, tree)
 
 
+def replicate(tree, mesh: Mesh):
+    """The same value on every device of the mesh (every process passes the same tree)."""
+    return _place(tree, NamedSharding(mesh, PartitionSpec()))
+
+
 def shard_batch(local_arrays, mesh: Mesh):
     """Global batch arrays split over the 'data' axis, from this process's rows of the batch
     (all of it in a single-process run; see distributed.local_rows)."""
-    sharding = NamedSharding(mesh, PartitionSpec("data"))
-    if jax.process_count() == 1:
-        return jax.device_put(local_arrays, sharding)
-    return jax.tree.map(lambda a: jax.make_array_from_process_local_data(sharding, a),
-                        local_arrays)
+    return _place(local_arrays, NamedSharding(mesh, PartitionSpec("data")))
 
 
 def _cross_entropy(logits, targets):
@@ -114,10 +116,8 @@ def evaluate(eval_step, mesh, state: TrainState, frozen, data, batch_size: int) 
     # At most batch_size, no more than the split needs, and a multiple of the device count.
     batch_size = -(-min(batch_size, len(data)) // mesh.size) * mesh.size
     totals = None
-    rows = local_rows(batch_size)
-    for images, targets, weights in eval_batches(data, batch_size):
-        sums = eval_step(state.trainable, frozen, state.batch_stats,
-                         *shard_batch((images[rows], targets[rows], weights[rows]), mesh))
+    for batch in eval_batches(data, batch_size, local_rows(batch_size)):
+        sums = eval_step(state.trainable, frozen, state.batch_stats, *shard_batch(batch, mesh))
         totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     totals = jax.device_get(totals)
     return {"loss": float(totals["loss_sum"] / totals["count"]),

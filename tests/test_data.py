@@ -132,3 +132,7 @@ def test_eval_batches_pad_with_zero_weight():
     batches = list(eval_batches(data, 4))
     assert [len(w) for _, _, w in batches] == [4, 4, 4]
     assert sum(float(w.sum()) for _, _, w in batches) == 10
+    # Two processes' rows of the padded last batch: the real examples, then the padding.
+    first, second = (list(eval_batches(data, 4, rows))[-1] for rows in (slice(0, 2), slice(2, 4)))
+    assert list(first[1]) == [8, 9] and list(first[2]) == [1, 1]
+    assert list(second[1]) == [0, 0] and list(second[2]) == [0, 0]

@@ -56,7 +56,8 @@ def test_streamed_imagenet_batches_are_deterministic_and_split_by_process():
         again = list(train_batches(train, 8, seed=3, start_step=1, end_step=2))  # a resume
         halves = [list(train_batches(train, 8, seed=3, start_step=0, end_step=2, rows=rows))
                   for rows in (slice(0, 4), slice(4, 8))]  # two processes' rows
-        evals = [images for images, _, _ in eval_batches(test, 8)]
+        evals = list(eval_batches(test, 8))
+        eval_halves = [list(eval_batches(test, 8, rows)) for rows in (slice(0, 4), slice(4, 8))]
     assert batches[0][1].shape == (8, 64, 64, 3) and batches[0][1].dtype == np.uint8
     np.testing.assert_array_equal(again[0][1], batches[1][1])
     for step in range(2):
@@ -65,7 +66,10 @@ def test_streamed_imagenet_batches_are_deterministic_and_split_by_process():
         np.testing.assert_array_equal(
             np.concatenate([halves[0][step][2], halves[1][step][2]]), batches[step][2])
     assert not np.array_equal(batches[0][1], batches[1][1])
-    assert len(evals) == 2 and evals[0].shape == (8, 64, 64, 3)
+    assert len(evals) == 2 and evals[0][0].shape == (8, 64, 64, 3)
+    for whole, first, second in zip(evals, *eval_halves):  # images, labels, weights
+        for part in range(3):
+            np.testing.assert_array_equal(np.concatenate([first[part], second[part]]), whole[part])
 
 
 def test_streamed_training_runs_end_to_end(tmp_path):

@@ -34,16 +34,20 @@ def train_batches(data: Dataset, batch_size: int, seed: int, start_step: int, en
         yield (step, *data.read(index, step))
 
 
-def eval_batches(data: Dataset, batch_size: int):
-    """Yield (images, labels, weights); the last batch is zero-padded with weight 0."""
+def eval_batches(data: Dataset, batch_size: int, rows: slice = slice(None)):
+    """Yield (images, labels, weights) for the given rows of each batch of the split in order;
+    the last batch is padded to batch_size with zero images of weight 0. Only those rows are
+    read (a process of a multi-process run decodes only its own)."""
     for start in range(0, len(data), batch_size):
-        images, labels = data.read(np.arange(start, min(start + batch_size, len(data))))
-        weights = np.ones(len(labels), np.float32)
-        missing = batch_size - len(labels)
+        index = np.arange(start, start + batch_size)[rows]
+        present = index[index < len(data)]  # padding sits at the end of the batch
+        images, labels = data.read(present)
+        missing = len(index) - len(present)
+        weights = np.concatenate([np.ones(len(present), np.float32),
+                                  np.zeros(missing, np.float32)])
         if missing:
             images = np.concatenate([images, np.zeros((missing,) + images.shape[1:], np.uint8)])
             labels = np.concatenate([labels, np.zeros(missing, np.int32)])
-            weights = np.concatenate([weights, np.zeros(missing, np.float32)])
         yield images, labels, weights
 
 
