@@ -18,19 +18,17 @@ def load_splits(data_config, image_size: int = 224, seed: int = 0):
     Streamed (ImageNet) splits are cropped to the model's image_size on the host, with crops
     keyed by the seed; in-memory ones keep their size and are augmented on the device.
     """
-    if not looks_like_path(data_config.source) and is_streamed(data_config.source):
-        return open_streamed(data_config.source, data_config.train_split, data_config.eval_split,
-                             data_config.tfds_data_dir, data_config.tfds_download,
-                             data_config.tfds_manual_dir, image_size, seed,
-                             data_config.decode_threads)
-    splits = (data_config.train_split, data_config.eval_split)
-    if looks_like_path(data_config.source):
-        loaded = load_image_folder(data_config.source, splits,
-                                   data_config.cache_dir or default_cache_dir(),
+    source, splits = data_config.source, (data_config.train_split, data_config.eval_split)
+    if looks_like_path(source):
+        loaded = load_image_folder(source, splits, data_config.cache_dir or default_cache_dir(),
                                    data_config.skip_corrupt)
+    elif is_streamed(source):
+        return open_streamed(source, *splits, data_config.tfds_data_dir,
+                             data_config.tfds_download, data_config.tfds_manual_dir, image_size,
+                             seed, data_config.decode_threads)
     else:
-        loaded = load_tfds(data_config.source, splits, data_config.tfds_data_dir,
-                           data_config.tfds_download, data_config.tfds_manual_dir)
+        loaded = load_tfds(source, splits, data_config.tfds_data_dir, data_config.tfds_download,
+                           data_config.tfds_manual_dir)
     return loaded[data_config.train_split], loaded[data_config.eval_split]
 
 
