@@ -19,13 +19,13 @@ import re
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import linen as nn
 
 from bnjax import data as data_lib
 from bnjax import partition
 from bnjax.data.augment import normalize
 from bnjax.data.batches import eval_batches
 from bnjax.models import parse_name
+from bnjax.models.batch_norm import BatchNorm
 from bnjax.step import evaluate, make_eval_step, make_mesh, replicate
 
 SMALL_GAMMA = 0.01
@@ -63,10 +63,12 @@ def gamma_statistics(gamma_by_layer: dict) -> dict:
 
 
 def disabled_channels(model, variables, data, batch_size: int) -> dict:
-    """Per ReLU-fed BatchNorm: which channels never produce a positive output on `data`."""
+    """Per ReLU-fed BatchNorm: which channels never produce a positive output on `data`.
+    (These BatchNorm modules apply the ReLU themselves; a channel's maximum output is <= 0
+    before the ReLU exactly when it is 0 after it.)"""
     def batch_max(images):
         _, captured = model.apply(variables, normalize(images), train=False,
-                                  capture_intermediates=lambda m, _: isinstance(m, nn.BatchNorm))
+                                  capture_intermediates=lambda m, _: isinstance(m, BatchNorm))
         flat = partition.flatten(captured["intermediates"])
         return {path[: -len("/__call__")]: jnp.max(out[0], axis=(0, 1, 2))
                 for path, out in flat.items() if _FEEDS_RELU.search(path[: -len("/__call__")])}

@@ -127,3 +127,67 @@ def test_conv_weight_gradient_choice_per_backend_and_size():
     assert not uses_matmul_weight_grad((128, 8, 8, 64), "cpu")  # lax's gradient is faster there
     assert not uses_matmul_weight_grad((128, 32, 32, 16), "gpu")
     assert not uses_matmul_weight_grad((128, 32, 32, 16), "tpu")
+
+
+@pytest.mark.parametrize("with_residual, relu", [(False, False), (False, True), (True, True)])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_batch_norm_equals_flax_batch_norm_then_residual_and_relu(with_residual, relu, dtype):
+    from flax import linen as nn
+
+    from bnjax.models.batch_norm import BatchNorm
+    keys = jax.random.split(jax.random.key(3), 3)
+    # Offset, scaled inputs and a weighting that makes every output matter differently.
+    x = (3.0 * jax.random.normal(keys[0], (4, 6, 6, 5)) + 1.5).astype(dtype)
+    residual = jax.random.normal(keys[1], x.shape).astype(dtype) if with_residual else None
+    weights = jax.random.normal(keys[2], x.shape)
+    settings = dict(momentum=0.9, epsilon=1e-5, dtype=dtype,
+                    scale_init=nn.initializers.uniform(1.0))
+    ours, flax_bn = BatchNorm(False, **settings), nn.BatchNorm(False, **settings)
+    variables = ours.init(jax.random.key(0), x)
+    chex.assert_trees_all_equal(variables, flax_bn.init(jax.random.key(0), x))
+
+    def reference(params, x, residual):
+        y, updates = flax_bn.apply({**variables, "params": params}, x, mutable=["batch_stats"])
+        y = y + residual if with_residual else y
+        return (nn.relu(y) if relu else y), updates
+
+    def fused(params, x, residual):
+        return ours.apply({**variables, "params": params}, x, residual, relu,
+                          mutable=["batch_stats"])
+
+    def loss(function):
+        def value(params, x, residual):
+            y, updates = function(params, x, residual)
+            return jnp.sum(y.astype(jnp.float32) * weights), updates
+        return jax.jit(jax.value_and_grad(value, argnums=(0, 1, 2), has_aux=True))
+
+    tolerance = 1e-5 if dtype == jnp.float32 else 2e-2
+    (ours_loss, ours_stats), ours_grads = loss(fused)(variables["params"], x, residual)
+    (ref_loss, ref_stats), ref_grads = loss(reference)(variables["params"], x, residual)
+    chex.assert_trees_all_equal(ours_stats, ref_stats)
+    chex.assert_trees_all_equal_dtypes(ours_grads, ref_grads)
+    chex.assert_trees_all_close(ours_loss, ref_loss, rtol=tolerance)
+    chex.assert_trees_all_close(ours_grads, ref_grads, rtol=tolerance, atol=tolerance)
+    # Evaluation uses the running averages, as flax does.
+    evaluate = BatchNorm(True, **settings)
+    ours_eval = evaluate.apply(variables, x, residual, relu)
+    ref_eval = nn.BatchNorm(True, **settings).apply(variables, x)
+    ref_eval = ref_eval + residual if with_residual else ref_eval
+    chex.assert_trees_all_equal(ours_eval, nn.relu(ref_eval) if relu else ref_eval)
+
+
+def test_batch_norm_gradient_includes_the_statistics_outputs():
+    """The hand-written VJP also carries cotangents of the returned mean and variance."""
+    from bnjax.models.batch_norm import batch_norm_train, batch_statistics, normalize
+    keys = jax.random.split(jax.random.key(4), 5)
+    x, residual = jax.random.normal(keys[0], (3, 4, 4, 2)), jax.random.normal(keys[1], (3, 4, 4, 2))
+    scale, bias = jax.random.uniform(keys[2], (2,)), jnp.zeros(2)
+    cotangents = (jax.random.normal(keys[3], x.shape),) + tuple(jax.random.normal(keys[4], (2, 2)))
+
+    def autodiff(x, scale, bias, residual):
+        mean, var = batch_statistics(x)
+        return normalize(x, mean, var, scale, bias, residual, True, 1e-5), mean, var
+
+    _, ours = jax.vjp(lambda *a: batch_norm_train(*a, True, 1e-5), x, scale, bias, residual)
+    _, reference = jax.vjp(autodiff, x, scale, bias, residual)
+    chex.assert_trees_all_close(ours(cotangents), reference(cotangents), rtol=1e-5, atol=1e-5)

@@ -23,14 +23,13 @@ class BasicBlock(nn.Module):
     def __call__(self, x):
         y = self.conv(self.features, (3, 3), (self.stride, self.stride),
                       padding=((1, 1), (1, 1)), name="conv1")(x)
-        y = nn.relu(self.norm(name="bn1")(y))
+        y = self.norm(name="bn1")(y, relu=True)
         y = self.conv(self.features, (3, 3), padding=((1, 1), (1, 1)), name="conv2")(y)
-        y = self.norm(name="bn2")(y)
         if self.stride != 1 or x.shape[-1] != self.features:
             x = self.conv(self.features, (1, 1), (self.stride, self.stride), padding="VALID",
                           name="shortcut_conv")(x)
             x = self.norm(name="shortcut_bn")(x)
-        return nn.relu(x + y)
+        return self.norm(name="bn2")(y, residual=x, relu=True)
 
 
 class CifarResNet(nn.Module):
@@ -45,7 +44,7 @@ class CifarResNet(nn.Module):
         conv, norm = conv_and_norm(train, self.bn_init, self.dtype)
         x = x.astype(self.dtype)
         x = conv(self.width, (3, 3), padding=((1, 1), (1, 1)), name="conv")(x)
-        x = nn.relu(norm(name="bn")(x))
+        x = norm(name="bn")(x, relu=True)
         for stage, features in enumerate((self.width, 2 * self.width, 4 * self.width)):
             for block in range(self.blocks_per_stage):
                 stride = 2 if stage > 0 and block == 0 else 1

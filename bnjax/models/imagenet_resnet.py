@@ -30,10 +30,9 @@ class BasicBlock(nn.Module):
     @nn.compact
     def __call__(self, x):
         y = self.conv(self.features, (3, 3), (self.stride,) * 2, padding=_same(3), name="conv1")(x)
-        y = nn.relu(self.norm(name="bn1")(y))
+        y = self.norm(name="bn1")(y, relu=True)
         y = self.conv(self.features, (3, 3), padding=_same(3), name="conv2")(y)
-        y = self.norm(name="bn2")(y)
-        return nn.relu(_project(self, x, self.features) + y)
+        return self.norm(name="bn2")(y, residual=_project(self, x, self.features), relu=True)
 
 
 class Bottleneck(nn.Module):
@@ -46,12 +45,11 @@ class Bottleneck(nn.Module):
     @nn.compact
     def __call__(self, x):
         y = self.conv(self.features, (1, 1), padding="VALID", name="conv1")(x)
-        y = nn.relu(self.norm(name="bn1")(y))
+        y = self.norm(name="bn1")(y, relu=True)
         y = self.conv(self.features, (3, 3), (self.stride,) * 2, padding=_same(3), name="conv2")(y)
-        y = nn.relu(self.norm(name="bn2")(y))
+        y = self.norm(name="bn2")(y, relu=True)
         y = self.conv(4 * self.features, (1, 1), padding="VALID", name="conv3")(y)
-        y = self.norm(name="bn3")(y)
-        return nn.relu(_project(self, x, 4 * self.features) + y)
+        return self.norm(name="bn3")(y, residual=_project(self, x, 4 * self.features), relu=True)
 
 
 def _project(block, x, features: int):
@@ -75,7 +73,7 @@ class ImagenetResNet(nn.Module):
         block_type = BasicBlock if self.depth < 50 else Bottleneck
         x = x.astype(self.dtype)
         x = conv(64, (7, 7), (2, 2), padding=_same(7), name="conv")(x)
-        x = nn.relu(norm(name="bn")(x))
+        x = norm(name="bn")(x, relu=True)
         x = nn.max_pool(x, (3, 3), (2, 2), padding=_same(3))
         for stage, blocks in enumerate(STAGE_BLOCKS[self.depth]):
             for block in range(blocks):

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from bnjax.models.batch_norm import BatchNorm
 from bnjax.models.conv import Conv
 
 # PyTorch kaiming_normal_(mode='fan_in', nonlinearity='relu'): N(0, 2 / fan_in), not truncated.
@@ -49,10 +50,11 @@ BN_EPSILON = 1e-5
 
 def conv_and_norm(train: bool, bn_init: str, dtype):
     """(conv, norm) layer constructors: bias-free Kaiming-normal convs (bnjax.models.conv),
-    PyTorch-like BatchNorm whose running averages are used when not training."""
+    PyTorch-like BatchNorm (+ residual, ReLU; bnjax.models.batch_norm) whose running averages
+    are used when not training."""
     gamma_init, beta_init = BN_INITIALIZERS[bn_init]
     conv = functools.partial(Conv, kernel_init=kaiming_normal, dtype=dtype)
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=BN_MOMENTUM,
+    norm = functools.partial(BatchNorm, use_running_average=not train, momentum=BN_MOMENTUM,
                              epsilon=BN_EPSILON, dtype=dtype, scale_init=gamma_init,
                              bias_init=beta_init)
     return conv, norm
