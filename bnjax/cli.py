@@ -48,8 +48,9 @@ _GRID = flags.DEFINE_string("grid", None, "Sweep grid: FIELD=V1,V2;FIELD=V1,... 
 _LAUNCHER = flags.DEFINE_enum("launcher", "local", ["local", "print"], "Sweep: run the points "
                               "here one after another, or print their commands.")
 _STOP_AT_STEP = flags.DEFINE_integer("stop_at_step", None, "Save a checkpoint after this "
-                                     "global step and exit; rerun to continue (for time-limited "
-                                     "job slots).")
+                                     "global step (or the end of the train.steps_per_call call "
+                                     "that reaches it) and exit; rerun to continue (for "
+                                     "time-limited job slots).")
 
 _MULTI_PROCESS = flags.DEFINE_bool("multi_process", False, "train: one of several processes "
                                    "(one per host) that JAX finds itself: a TPU pod slice, a "

@@ -55,6 +55,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.train.lr_milestones = (80, 120)  # epochs at which lr is multiplied by lr_drop
     config.train.lr_drop = 0.1
     config.train.warmup_epochs = 0  # linear warm-up from 0 (the ImageNet recipe uses 5)
+    # Train steps per compiled call (a lax.scan): >1 saves per-step dispatch where steps are
+    # short (small models on GPU/TPU). Log, epoch and checkpoint steps still fall where they would.
+    config.train.steps_per_call = 1
 
     config.eval = ml_collections.ConfigDict()
     config.eval.batch_size = 1000
@@ -165,6 +168,9 @@ def validate(config) -> None:
              train.lr_milestones, "increasing positive epoch numbers, e.g. (80, 120)")
     _require(isinstance(train.warmup_epochs, int) and 0 <= train.warmup_epochs < train.epochs,
              "train.warmup_epochs", train.warmup_epochs, "an integer in [0, train.epochs)")
+    _require(isinstance(train.steps_per_call, int) and not isinstance(train.steps_per_call, bool)
+             and 1 <= train.steps_per_call <= 1000, "train.steps_per_call",
+             train.steps_per_call, "an integer from 1 to 1000 (1: one step per call)")
     _require(isinstance(config.eval.batch_size, int) and config.eval.batch_size >= 1,
              "eval.batch_size", config.eval.batch_size, "a positive integer")
     _require(isinstance(config.eval.every_epochs, int) and config.eval.every_epochs >= 1,

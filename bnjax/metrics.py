@@ -66,8 +66,10 @@ class Reporter:
                 self.tensorboard.add_scalar(f"{group}/{name}", value, step)
 
     def train_window(self, step: int, window: list) -> dict:
-        """Mean of the window's per-step metrics (device arrays), logged to file and TensorBoard."""
-        values = {name: float(np.mean(jax.device_get([m[name] for m in window])))
+        """Mean of the window's per-step metrics (device arrays, scalars or stacked per step
+        for multi-step calls), logged to file and TensorBoard."""
+        values = {name: float(np.mean(np.concatenate(
+                      [np.ravel(value) for value in jax.device_get([m[name] for m in window])])))
                   for name in window[0]}
         if self.chief:
             with open(self.train_log, "a") as f:

@@ -54,15 +54,24 @@ def shard_batch(local_arrays, mesh: Mesh):
     return _place(local_arrays, NamedSharding(mesh, PartitionSpec("data")))
 
 
+def shard_stacked_batches(local_arrays, mesh: Mesh):
+    """As shard_batch, for batches stacked along a leading steps axis (steps, batch, ...)."""
+    return _place(local_arrays, NamedSharding(mesh, PartitionSpec(None, "data")))
+
+
 def _cross_entropy(logits, targets):
     return optax.softmax_cross_entropy_with_integer_labels(logits, targets)
 
 
-def make_train_step(model, optimizer, labels, schedule, augment_on_device: bool = True):
+def make_train_step(model, optimizer, labels, schedule, augment_on_device: bool = True,
+                    steps_per_call: int = 1):
     """train_step(state, frozen, images_uint8, targets, augment_key) -> (state, metrics).
 
     augment_on_device: CIFAR's pad-crop and flip inside the step, keyed by (key, step); off for
     batches the host pipeline has already augmented (ImageNet).
+    steps_per_call > 1: images and targets carry that many batches stacked on a leading axis,
+    the steps run one after another in a lax.scan inside one compiled call (one dispatch for
+    all), and each metric comes back stacked the same way.
     """
 
     def train_step(state: TrainState, frozen, images, targets, augment_key):
@@ -91,7 +100,14 @@ def make_train_step(model, optimizer, labels, schedule, augment_on_device: bool 
                    "grad_norm": optax.tree.norm(grads)}  # trainable leaves only
         return new_state, metrics
 
-    return jax.jit(train_step, donate_argnums=(0,))
+    if steps_per_call == 1:
+        return jax.jit(train_step, donate_argnums=(0,))
+
+    def train_steps(state: TrainState, frozen, images, targets, augment_key):
+        return jax.lax.scan(lambda carry, batch: train_step(carry, frozen, *batch, augment_key),
+                            state, (images, targets))
+
+    return jax.jit(train_steps, donate_argnums=(0,))
 
 
 def make_eval_step(model):

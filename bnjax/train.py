@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import signal
@@ -18,13 +19,14 @@ from bnjax import data as data_lib
 from bnjax import checkpoint, distributed, runinfo
 from bnjax import workdir as workdir_lib
 from bnjax.data.batches import steps_per_epoch as count_steps_per_epoch
-from bnjax.data.batches import prefetch, train_batches
+from bnjax.data.batches import group_into_calls, prefetch, train_batches
 from bnjax.errors import (CheckpointError, ConfigError, DamagedCheckpointError, DataError,
                           TrainingError)
 from bnjax.metrics import Reporter, write_json
 from bnjax.models import parse_name
 from bnjax.state import ModelSetup, augment_key, initialize
-from bnjax.step import evaluate, make_eval_step, make_mesh, make_train_step, replicate, shard_batch
+from bnjax.step import (evaluate, make_eval_step, make_mesh, make_train_step, replicate,
+                        shard_batch, shard_stacked_batches)
 
 
 @dataclasses.dataclass
@@ -135,8 +137,9 @@ def train_and_evaluate(config, workdir: str, stop_at_step: int | None = None,
                        overwrite: bool = False, branch: bool = False) -> dict:
     """Train as configured (resuming from the workdir's latest checkpoint); return the metrics.
 
-    stop_at_step: save a checkpoint after that global step and raise Interrupted, as a SIGTERM
-    would; the next call continues exactly where this one stopped. overwrite: set a run already
+    stop_at_step: save a checkpoint after that global step (with train.steps_per_call > 1, at
+    the end of the call that reaches it) and raise Interrupted, as a SIGTERM would; the next call
+    continues exactly where this one stopped. overwrite: set a run already
     in the workdir aside (renamed, not deleted) and start over. branch: continue the workdir's
     latest checkpoint although the config changed (the frozen weights must still match).
     """
@@ -200,6 +203,16 @@ def _save(manager, step: int, state, meta: dict, metrics: dict | None) -> None:
                             "resume.") from None
 
 
+def _ends_call(config, steps_per_epoch: int, done: int) -> bool:
+    """Whether the config makes something happen after `done` steps (a log line, an epoch's
+    end, a checkpoint): a multi-step call must end there. Stops (a signal, stop_at_step) wait
+    for the end of a call instead, so that an interrupted run's calls, and hence its float
+    rounding (a scan rounds differently from single steps), are the uninterrupted run's."""
+    every_steps = config.checkpoint.every_steps
+    return (done % config.log.every_steps == 0 or done % steps_per_epoch == 0
+            or bool(every_steps and done % every_steps == 0))
+
+
 def _train_loop(run, workdir, manager, state, frozen, history, description, stop_at_step):
     config = run.config
     start_step = int(state.step)
@@ -210,8 +223,12 @@ def _train_loop(run, workdir, manager, state, frozen, history, description, stop
     mesh = make_mesh()
     state, frozen = replicate((state, frozen), mesh)
     setup = run.setup
+    augment_on_device = not run.train_data.augmented_on_host
     train_step = make_train_step(setup.model, setup.optimizer, setup.labels, setup.schedule,
-                                 augment_on_device=not run.train_data.augmented_on_host)
+                                 augment_on_device)
+    per_call = config.train.steps_per_call
+    multi_step = make_train_step(setup.model, setup.optimizer, setup.labels, setup.schedule,
+                                 augment_on_device, per_call) if per_call > 1 else None
     eval_step = make_eval_step(setup.model)
     key = replicate(augment_key(config.seed), mesh)
     reporter = Reporter(workdir, run.total_steps, run.steps_per_epoch, start_step,
@@ -223,18 +240,25 @@ def _train_loop(run, workdir, manager, state, frozen, history, description, stop
     started = time.time()
     with signals_received() as received:
         try:
-            batches = prefetch(train_batches(run.train_data, config.train.batch_size,
-                                             config.seed, start_step, run.total_steps, rows))
-            for step, images, targets in batches:
-                state, metrics = train_step(state, frozen, *shard_batch((images, targets), mesh),
-                                            key)
+            batches = train_batches(run.train_data, config.train.batch_size, config.seed,
+                                    start_step, run.total_steps, rows)
+            calls = prefetch(group_into_calls(batches, per_call, functools.partial(
+                _ends_call, config, run.steps_per_epoch)))
+            for steps, images, targets in calls:
+                if len(steps) > 1:
+                    state, metrics = multi_step(
+                        state, frozen, *shard_stacked_batches((images, targets), mesh), key)
+                else:
+                    state, metrics = train_step(
+                        state, frozen, *shard_batch((images, targets), mesh), key)
                 pending.append(metrics)
-                window_steps += 1
-                done = step + 1
+                window_steps += len(steps)
+                done = steps[-1] + 1
                 epoch, end_of_epoch = divmod(done, run.steps_per_epoch)
                 end_of_epoch = end_of_epoch == 0
                 # A signal may reach one host of many: all stop at the same step.
-                stopping = distributed.any_process(bool(received)) or done == stop_at_step
+                requested_stop = stop_at_step is not None and steps[0] < stop_at_step <= done
+                stopping = distributed.any_process(bool(received)) or requested_stop
                 saving = (stopping or done == run.total_steps
                           or (end_of_epoch and epoch % config.checkpoint.every_epochs == 0)
                           or (config.checkpoint.every_steps

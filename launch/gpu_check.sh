@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# One unattended accelerator check, at most 8 minutes on one GPU (6 benches of <= 50 s and 2
-# trainings of <= 90 s): `bnjax bench` (ResNet-20 BN-only and full training, ResNet-110 BN-only)
-# and a short real BN-only training of cifar_resnet_110, each in float32 and bfloat16. Figures go to $RESULTS (default gpu_results/), one file each,
-# plus summary.jsonl with every bench JSON line and each training's metrics.json.
+# One unattended accelerator check, at most 8 minutes on one GPU (7 benches of <= 50 s and 2
+# trainings of <= 65 s): `bnjax bench` (ResNet-20 BN-only and full training, ResNet-110 BN-only)
+# and a short real BN-only training of cifar_resnet_110, each in float32 and bfloat16, plus
+# ResNet-20 BN-only in bfloat16 with 10 steps per compiled call (train.steps_per_call).
+# Figures go to $RESULTS (default gpu_results/), one file each, plus summary.jsonl with every
+# bench JSON line and each training's metrics.json.
 #
 #   DATA=../shared/data/cifar10-jpeg.tar.gz bash launch/gpu_check.sh
 # Needs bnjax installed with a CUDA jax (pip install -e . "jax[cuda12]").
@@ -10,7 +12,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 RESULTS=${RESULTS:-gpu_results}
 DATA=${DATA:-../shared/data/cifar10-jpeg.tar.gz}
-TRAIN_SECONDS=${TRAIN_SECONDS:-90}   # each short training is cut off after this long
+TRAIN_SECONDS=${TRAIN_SECONDS:-65}   # each short training is cut off after this long
 mkdir -p "$RESULTS"
 summary="$RESULTS/summary.jsonl"
 : > "$summary"
@@ -31,6 +33,8 @@ for dtype in float32 bfloat16; do
     --config.train.mode=all
   bench "r110_bn_$dtype" --config=configs/cifar10.py:cifar_resnet_110 --config.model.dtype=$dtype
 done
+bench "r20_bn_bfloat16_10_per_call" --config=configs/cifar10.py:cifar_resnet_20 \
+  --config.model.dtype=bfloat16 --config.train.steps_per_call=10
 
 for dtype in float32 bfloat16; do
   workdir="$RESULTS/train_r110_bn_$dtype"

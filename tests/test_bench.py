@@ -22,6 +22,15 @@ def test_bench_reports_every_figure_as_a_table_and_json():
     assert json.loads(text.splitlines()[-1]) == result
 
 
+def test_bench_times_calls_of_several_steps():
+    config = base_config()
+    config.model.name, config.train.batch_size, config.eval.batch_size = "cifar_resnet_8_4", 8, 16
+    config.train.steps_per_call = 3
+    result = bench.run_bench(config, warmup=1, steps=2)
+    assert result["steps_per_call"] == 3 and result["train_images_per_s"] > 0
+    assert "train step, batch 8, 3 per call" in bench.render(result)
+
+
 def test_gpu_check_script_is_valid_shell():
     script = os.path.join(REPO, "launch", "gpu_check.sh")
     assert subprocess.run(["bash", "-n", script]).returncode == 0

@@ -136,3 +136,25 @@ def test_eval_batches_pad_with_zero_weight():
     first, second = (list(eval_batches(data, 4, rows))[-1] for rows in (slice(0, 2), slice(2, 4)))
     assert list(first[1]) == [8, 9] and list(first[2]) == [1, 1]
     assert list(second[1]) == [0, 0] and list(second[2]) == [0, 0]
+
+
+def test_calls_group_steps_up_to_boundaries():
+    from bnjax.data.batches import group_into_calls
+
+    def steps_of(first, end, per_call, ends_call):
+        batches = [(step, np.full((2, 1), step), np.array([step, step]))
+                   for step in range(first, end)]
+        return list(group_into_calls(iter(batches), per_call, ends_call))
+
+    # Calls close at multiples of 4 and at the boundary after step 5; groups cut short run as
+    # single steps, and so do the steps left when the source ends mid-group.
+    calls = steps_of(0, 14, 4, lambda done: done == 6)
+    assert [steps for steps, _, _ in calls] == [[0, 1, 2, 3], [4], [5], [6], [7],
+                                                [8, 9, 10, 11], [12], [13]]
+    # Starting mid-way (a resumed run) keeps the same grid.
+    calls = steps_of(3, 12, 2, lambda done: done == 9)
+    assert [steps for steps, _, _ in calls] == [[3], [4, 5], [6, 7], [8], [9], [10, 11]]
+    steps, images, labels = calls[1]
+    assert images.shape == (2, 2, 1) and images[1, 0, 0] == 5
+    assert labels.tolist() == [[4, 4], [5, 5]]
+    assert [s for s, _, _ in steps_of(0, 5, 1, lambda done: False)] == [[0], [1], [2], [3], [4]]

@@ -39,6 +39,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ("train.momentum", 1.0, "[0, 1)"),
     ("train.lr_milestones", (120, 80), "increasing"),
     ("train.warmup_epochs", 500, "[0, train.epochs)"),
+    ("train.steps_per_call", 0, "from 1 to 1000"),
     ("checkpoint.keep_last", 0, ">= 1"),
     ("seed", -1, "[0, 2**31)"),
 ])

@@ -147,3 +147,28 @@ def test_bfloat16_compute_keeps_float32_parameters_and_statistics(tiny_config):
     assert all(leaf.dtype == np.float32 for leaf in jax.tree.leaves(stats))
     gamma_before, gamma_after = initial["bn"]["scale"], final["bn"]["scale"]
     assert np.all(np.isfinite(gamma_after)) and not np.array_equal(gamma_before, gamma_after)
+
+
+def test_several_steps_per_call_equal_single_steps_and_resume_exactly(tiny_config, tmp_path):
+    """Calls of 2 steps on epochs of 3 (so scanned pairs and single steps mix) train as one step
+    per call does, to float rounding; a run stopped within a call stops at the call's end, and
+    resumed, it equals the uninterrupted run exactly."""
+    from bnjax.train import Interrupted
+
+    def run(per_call, name, stop_at_step=None):
+        tiny_config.train.steps_per_call = per_call
+        workdir = str(tmp_path / name)
+        metrics = train_and_evaluate(tiny_config, workdir, stop_at_step=stop_at_step)
+        with open(os.path.join(workdir, "train_log.jsonl")) as f:
+            log = [json.loads(line) for line in f]
+        return [metrics[key] for key in ("history", "test_loss", "frozen_checksum")], log
+
+    tiny_config.log.every_steps = 2  # calls: steps 0-1, 2 (epoch end), 3, 4-5
+    single, single_log = run(1, "single")
+    pairs, pairs_log = run(2, "pairs")
+    assert [line["step"] for line in pairs_log] == [line["step"] for line in single_log]
+    for ours, reference in zip(pairs[0] + pairs_log, single[0] + single_log):
+        assert ours == pytest.approx(reference, rel=1e-5, abs=1e-6)
+    with pytest.raises(Interrupted, match="stopped at step 2"):  # steps 0-1 are one call
+        run(2, "resumed", stop_at_step=1)
+    assert run(2, "resumed") == (pairs, pairs_log)

@@ -34,6 +34,31 @@ def train_batches(data: Dataset, batch_size: int, seed: int, start_step: int, en
         yield (step, *data.read(index, step))
 
 
+def group_into_calls(batches, steps_per_call: int, ends_call):
+    """Group the (step, images, labels) of train_batches into the train step's calls.
+
+    A call ends after step s when s + 1 is a multiple of steps_per_call or ends_call(s + 1)
+    (a log, epoch, checkpoint or stop step), so a run's calls, and thus what it logs and saves
+    where, do not depend on where it was resumed. Yields (steps, images, labels): a full group
+    of steps_per_call > 1 steps stacked on a leading axis; otherwise one step at a time, with
+    steps a list of one (a group cut short by a boundary runs as single steps, which compile
+    once, rather than as a scan of another length).
+    """
+    group = []
+    for item in batches:
+        group.append(item)
+        done = item[0] + 1
+        if done % steps_per_call and not ends_call(done):
+            continue
+        if steps_per_call > 1 and len(group) == steps_per_call:
+            steps, images, labels = zip(*group)
+            yield list(steps), np.stack(images), np.stack(labels)
+        else:
+            yield from (([step], images, labels) for step, images, labels in group)
+        group = []
+    yield from (([step], images, labels) for step, images, labels in group)
+
+
 def eval_batches(data: Dataset, batch_size: int, rows: slice = slice(None)):
     """Yield (images, labels, weights) for the given rows of each batch of the split in order;
     the last batch is padded to batch_size with zero images of weight 0. Only those rows are
