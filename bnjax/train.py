@@ -139,9 +139,9 @@ def train_and_evaluate(config, workdir: str, stop_at_step: int | None = None,
 
     stop_at_step: save a checkpoint after that global step (with train.steps_per_call > 1, at
     the end of the call that reaches it) and raise Interrupted, as a SIGTERM would; the next call
-    continues exactly where this one stopped. overwrite: set a run already
-    in the workdir aside (renamed, not deleted) and start over. branch: continue the workdir's
-    latest checkpoint although the config changed (the frozen weights must still match).
+    continues exactly where this one stopped. overwrite: set a run already in the workdir aside
+    (renamed, not deleted) and start over. branch: continue the workdir's latest checkpoint
+    although the config changed (the frozen weights must still match).
     """
     run, state, frozen = build_run(config)  # validation and data: nothing is written before
     description = run.describe()

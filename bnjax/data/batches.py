@@ -38,7 +38,7 @@ def group_into_calls(batches, steps_per_call: int, ends_call):
     """Group the (step, images, labels) of train_batches into the train step's calls.
 
     A call ends after step s when s + 1 is a multiple of steps_per_call or ends_call(s + 1)
-    (a log, epoch, checkpoint or stop step), so a run's calls, and thus what it logs and saves
+    (a log, epoch or checkpoint step), so a run's calls, and thus what it logs and saves
     where, do not depend on where it was resumed. Yields (steps, images, labels): a full group
     of steps_per_call > 1 steps stacked on a leading axis; otherwise one step at a time, with
     steps a list of one (a group cut short by a boundary runs as single steps, which compile
