@@ -8,6 +8,7 @@ only) and the step.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 
 import flax
@@ -46,11 +47,13 @@ def on_cpu(function, *args):
         return jax.jit(function)(*args)
 
 
-def _init_fn(model, image_shape):
-    def init(key):
-        return model.init(key, jnp.zeros((1,) + tuple(image_shape), jnp.float32), train=False)
+def _initial_variables(model, image_shape: tuple, key):
+    return model.init(key, jnp.zeros((1,) + image_shape, jnp.float32), train=False)
 
-    return init
+
+# One compiled init program per (model, image shape), reused by every later init in the process
+# (a ResNet-8's takes ~7 s to compile here; tests and sweeps init the same model many times).
+_compiled_initial_variables = jax.jit(_initial_variables, static_argnums=(0, 1))
 
 
 def init_variables(model, seed: int, image_shape) -> dict:
@@ -60,12 +63,14 @@ def init_variables(model, seed: int, image_shape) -> dict:
     draws go through float functions (erfinv, scaling) whose last bits can differ between
     backends and between jit and eager, and the frozen weights must be bit-identical everywhere.
     """
-    return on_cpu(_init_fn(model, image_shape), model_key(seed))
+    with jax.default_device(jax.local_devices(backend="cpu")[0]):
+        return _compiled_initial_variables(model, tuple(image_shape), model_key(seed))
 
 
 def variable_shapes(model, image_shape) -> dict:
     """The variable tree's shapes and dtypes, without allocating (for summaries of huge models)."""
-    return jax.eval_shape(_init_fn(model, image_shape), model_key(0))
+    return jax.eval_shape(functools.partial(_initial_variables, model, tuple(image_shape)),
+                          model_key(0))
 
 
 def weights_checksum(tree) -> str:
