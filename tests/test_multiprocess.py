@@ -35,28 +35,38 @@ def _results(workdir):
     return history, steps
 
 
-def test_two_processes_equal_one_process(image_folder, tmp_path):
-    cache = str(tmp_path / "cache")
-    two = str(tmp_path / "two_processes")
+def _two_processes(image_folder, cache, workdir, *extra):
+    """Train with two processes of one device each; their (stdout, stderr)."""
     port = _free_port()
     processes = [subprocess.Popen(
-        _train_command(image_folder, cache, two, f"--coordinator_address=localhost:{port}",
-                       "--num_processes=2", f"--process_id={index}"),
+        _train_command(image_folder, cache, workdir, f"--coordinator_address=localhost:{port}",
+                       "--num_processes=2", f"--process_id={index}", *extra),
         cwd=REPO, env=_env(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for index in (0, 1)]
     outputs = [process.communicate(timeout=400) for process in processes]
     for process, (_, err) in zip(processes, outputs):
         assert process.returncode == 0, err[-3000:]
+    return outputs
+
+
+def _one_process(image_folder, cache, workdir, devices, *extra):
+    result = subprocess.run(_train_command(image_folder, cache, workdir, *extra), cwd=REPO,
+                            env=_env(devices), capture_output=True, text=True, timeout=400)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return _results(workdir)
+
+
+def test_two_processes_equal_one_process(image_folder, tmp_path):
+    cache = str(tmp_path / "cache")
+    two = str(tmp_path / "two_processes")
+    outputs = _two_processes(image_folder, cache, two)
     # only the chief reports progress
     assert "step 1/6" in outputs[0][1] and "step 1/6" not in outputs[1][1]
 
-    one_process = {}
-    for devices in (2, 1):
-        workdir = str(tmp_path / f"one_process_{devices}_devices")
-        result = subprocess.run(_train_command(image_folder, cache, workdir), cwd=REPO,
-                                env=_env(devices), capture_output=True, text=True, timeout=400)
-        assert result.returncode == 0, result.stderr[-3000:]
-        one_process[devices] = _results(workdir)
+    one_process = {devices: _one_process(image_folder, cache,
+                                         str(tmp_path / f"one_process_{devices}_devices"),
+                                         devices)
+                   for devices in (2, 1)}
 
     history, steps = _results(two)
     assert len(steps) == 6 and len(history) == 2
@@ -65,6 +75,18 @@ def test_two_processes_equal_one_process(image_folder, tmp_path):
     # One device sums in another order: equal to float rounding.
     for a, b in zip(steps, one_process[1][1]):
         assert abs(a["loss"] - b["loss"]) < 1e-5 and a["accuracy"] == b["accuracy"]
+
+
+def test_two_processes_with_several_steps_per_call_equal_one_process(image_folder, tmp_path):
+    """Stacked batches split across processes on their batch axis (epochs of 3 steps: one call
+    of 3 steps each)."""
+    cache = str(tmp_path / "cache")
+    flags = ("--config.train.steps_per_call=3", "--config.log.every_steps=3")
+    _two_processes(image_folder, cache, str(tmp_path / "two_processes"), *flags)
+    history, steps = _results(str(tmp_path / "two_processes"))
+    assert [line["step"] for line in steps] == [3, 6]
+    assert (history, steps) == _one_process(image_folder, cache, str(tmp_path / "one_process"),
+                                            2, *flags)
 
 
 def test_distributed_flags_are_checked_before_anything_starts():
