@@ -41,9 +41,15 @@ def mask_key(seed: int) -> jax.Array:
     return jax.random.fold_in(jax.random.key(seed), 2)
 
 
+def _on_this_hosts_cpu():
+    """Run what is dispatched inside on this host's CPU: seeded draws must be bit-identical on
+    every backend."""
+    return jax.default_device(jax.local_devices(backend="cpu")[0])
+
+
 def on_cpu(function, *args):
-    """Run `function` jitted on the CPU: seeded draws must be bit-identical on every backend."""
-    with jax.default_device(jax.local_devices(backend="cpu")[0]):
+    """Run `function` jitted on the CPU (see _on_this_hosts_cpu)."""
+    with _on_this_hosts_cpu():
         return jax.jit(function)(*args)
 
 
@@ -63,7 +69,7 @@ def init_variables(model, seed: int, image_shape) -> dict:
     draws go through float functions (erfinv, scaling) whose last bits can differ between
     backends and between jit and eager, and the frozen weights must be bit-identical everywhere.
     """
-    with jax.default_device(jax.local_devices(backend="cpu")[0]):
+    with _on_this_hosts_cpu():
         return _compiled_initial_variables(model, tuple(image_shape), model_key(seed))
 
 

@@ -203,14 +203,20 @@ def _save(manager, step: int, state, meta: dict, metrics: dict | None) -> None:
                             "resume.") from None
 
 
-def _ends_call(config, steps_per_epoch: int, done: int) -> bool:
-    """Whether the config makes something happen after `done` steps (a log line, an epoch's
-    end, a checkpoint): a multi-step call must end there. Stops (a signal, stop_at_step) wait
-    for the end of a call instead, so that an interrupted run's calls, and hence its float
-    rounding (a scan rounds differently from single steps), are the uninterrupted run's."""
+def _scheduled(config, steps_per_epoch: int, done: int) -> tuple[bool, bool, bool]:
+    """What the config makes happen after `done` steps: (a log window ends, an epoch ends, a
+    checkpoint.every_steps checkpoint is due)."""
     every_steps = config.checkpoint.every_steps
-    return (done % config.log.every_steps == 0 or done % steps_per_epoch == 0
-            or bool(every_steps and done % every_steps == 0))
+    return (done % config.log.every_steps == 0, done % steps_per_epoch == 0,
+            bool(every_steps and done % every_steps == 0))
+
+
+def _ends_call(config, steps_per_epoch: int, done: int) -> bool:
+    """Whether something is scheduled after `done` steps: a multi-step call must end there.
+    Stops (a signal, stop_at_step) wait for the end of a call instead, so that an interrupted
+    run's calls, and hence its float rounding (a scan rounds differently from single steps),
+    are the uninterrupted run's."""
+    return any(_scheduled(config, steps_per_epoch, done))
 
 
 def _train_loop(run, workdir, manager, state, frozen, history, description, stop_at_step):
@@ -254,16 +260,15 @@ def _train_loop(run, workdir, manager, state, frozen, history, description, stop
                 pending.append(metrics)
                 window_steps += len(steps)
                 done = steps[-1] + 1
-                epoch, end_of_epoch = divmod(done, run.steps_per_epoch)
-                end_of_epoch = end_of_epoch == 0
+                epoch = done // run.steps_per_epoch
+                log_due, end_of_epoch, step_checkpoint_due = _scheduled(
+                    config, run.steps_per_epoch, done)
                 # A signal may reach one host of many: all stop at the same step.
                 requested_stop = stop_at_step is not None and steps[0] < stop_at_step <= done
                 stopping = distributed.any_process(bool(received)) or requested_stop
-                saving = (stopping or done == run.total_steps
-                          or (end_of_epoch and epoch % config.checkpoint.every_epochs == 0)
-                          or (config.checkpoint.every_steps
-                              and done % config.checkpoint.every_steps == 0))
-                window_done = done % config.log.every_steps == 0 or end_of_epoch or saving
+                saving = (stopping or done == run.total_steps or step_checkpoint_due
+                          or (end_of_epoch and epoch % config.checkpoint.every_epochs == 0))
+                window_done = log_due or end_of_epoch or saving
                 if window_done:
                     train_values = reporter.train_window(done, pending)  # one host sync
                     _check_finite(train_values, done - window_steps + 1, done, config.train.lr,
