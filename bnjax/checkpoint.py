@@ -2,7 +2,7 @@
 
 A checkpoint step holds the TrainState (trainable leaves, BatchNorm statistics, optimizer state,
 step) and JSON metadata: the run description of bnjax.runinfo (seed, config, versions, PRNG
-settings, checksum of the frozen weights) plus the per-epoch history. The position in the data
+settings, the generator and checksum of the frozen weights) plus the per-epoch history. The position in the data
 stream is the step itself (bnjax.data.batches). Frozen weights are never written: on restore they
 are regenerated from the seed and must match the saved checksum bit for bit.
 """
@@ -17,7 +17,8 @@ from bnjax import config as config_lib
 from bnjax import runinfo
 from bnjax.errors import CheckpointError, DamagedCheckpointError
 
-FORMAT = "bnjax-checkpoint-1"
+FORMAT = "bnjax-checkpoint-2"  # 2: records frozen_init (bnjax.initial_weights)
+READABLE_FORMATS = ("bnjax-checkpoint-1", FORMAT)
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -58,7 +59,7 @@ def read_meta(manager, step: int) -> dict:
         raise DamagedCheckpointError(f"the metadata of checkpoint step {step} in "
                                      f"{manager.directory} cannot be read "
                                      f"({str(error).splitlines()[0][:200]})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+    if not isinstance(meta, dict) or meta.get("format") not in READABLE_FORMATS:
         raise CheckpointError(f"{checkpoint_dir(manager.directory)} step {step} is not a bnjax "
                               f"checkpoint (format {meta.get('format')!r}, expected {FORMAT})")
     return meta
@@ -91,5 +92,6 @@ def check_same_run(saved: dict, current: dict, where: str, branch: bool = False)
                               "new --workdir; or --branch to continue this run's checkpoint "
                               "with the new config; or --overwrite to set the old run aside "
                               "and start over.")
+    runinfo.check_same_prng(saved, current, where)
     runinfo.check_same_weights(saved, current, where)
     return differences

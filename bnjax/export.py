@@ -4,7 +4,9 @@ The export file is MAGIC, the sha256 of the body, then the body: msgpack of the 
 (seed, config, PRNG settings, library versions, checksum of the frozen weights, metrics) and the
 trained leaves and BatchNorm running statistics. Loading checks the magic (a foreign file), the
 length and digest (a truncated or tampered file), the format version, then regenerates the frozen
-weights from the seed and refuses them unless their checksum matches.
+weights from the seed with the generator the file names (bnjax.initial_weights; format 1 files
+predate the field and name none: the legacy generator) and refuses them unless their checksum
+matches.
 """
 from __future__ import annotations
 
@@ -29,7 +31,8 @@ from bnjax.state import initialize
 from bnjax.step import evaluate, make_eval_step, make_mesh, replicate
 
 MAGIC = b"BNJAX-EXPORT\n"
-FORMAT = "bnjax-export-1"
+FORMAT = "bnjax-export-2"  # 2: records frozen_init (bnjax.initial_weights)
+READABLE_FORMATS = ("bnjax-export-1", FORMAT)
 _DIGEST_BYTES = 32
 
 
@@ -37,9 +40,10 @@ def _model_from_description(description: dict):
     """(setup, fresh state, frozen weights) rebuilt from the seed, checked against the checksum."""
     config = config_lib.from_dict(description["config"])
     setup, state, frozen = initialize(config, description["num_classes"],
-                                      tuple(description["image_shape"]), steps_per_epoch=1)
-    current = runinfo.describe(config, setup.frozen_checksum, description["num_classes"],
-                               description["image_shape"])
+                                      tuple(description["image_shape"]), steps_per_epoch=1,
+                                      frozen_init=runinfo.frozen_init_of(description))
+    current = runinfo.describe(config, setup.frozen_checksum, setup.frozen_init,
+                               description["num_classes"], description["image_shape"])
     runinfo.check_same_weights(description, current, "the export")
     return config, setup, state, frozen
 
@@ -120,9 +124,10 @@ def read_export(path: str) -> tuple[dict, dict, dict]:
     except Exception as error:  # msgpack raises many types for malformed bodies
         raise CheckpointError(f"{path} has a valid digest but cannot be decoded "
                               f"({error}); it was not written by this version of bnjax") from None
-    if description.get("format") != FORMAT:
+    if description.get("format") not in READABLE_FORMATS:
         raise CheckpointError(f"{path} has format {description.get('format')!r}; this bnjax "
-                              f"reads {FORMAT}")
+                              f"reads {', '.join(READABLE_FORMATS)}: install the bnjax version "
+                              f"named in the file ({description.get('versions', {}).get('bnjax')})")
     return description, payload["trainable"], payload["batch_stats"]
 
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import re
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
@@ -89,19 +87,6 @@ def merge(*trees) -> dict:
 
 def count(tree) -> int:
     return sum(int(leaf.size) for leaf in flatten(tree).values())
-
-
-def random_k_masks(trainable, k: int, key) -> dict:
-    """For each kernel in `trainable` (H, W, In, Out), a 0/1 float mask with exactly min(k, H*W*In)
-    ones per output channel, at positions drawn from `key` (fold_in by the leaf's path order)."""
-    masks = {}
-    for index, (path, kernel) in enumerate(sorted(flatten(trainable).items())):
-        out_channels = kernel.shape[-1]
-        per_channel = int(np.prod(kernel.shape[:-1]))
-        scores = jax.random.uniform(jax.random.fold_in(key, index), (per_channel, out_channels))
-        ranks = jnp.argsort(jnp.argsort(scores, axis=0), axis=0)  # each column a permutation
-        masks[path] = (ranks < min(k, per_channel)).astype(jnp.float32).reshape(kernel.shape)
-    return unflatten(masks)
 
 
 def trainable_count(trainable, mode: str, k: int) -> int:

@@ -6,6 +6,7 @@ import os
 
 import jax
 
+from bnjax import initial_weights
 from bnjax.config import flat_fields
 from bnjax.errors import CheckpointError
 
@@ -28,9 +29,11 @@ def prng_settings() -> dict:
             "jax_threefry_partitionable": bool(jax.config.jax_threefry_partitionable)}
 
 
-def describe(config, frozen_checksum: str, num_classes: int, image_shape) -> dict:
+def describe(config, frozen_checksum: str, frozen_init: str, num_classes: int,
+             image_shape) -> dict:
     return {"seed": config.seed, "config": config.to_dict(), "num_classes": num_classes,
             "image_shape": list(image_shape), "frozen_checksum": frozen_checksum,
+            "frozen_init": frozen_init,
             "prng": prng_settings(),
             "versions": library_versions(), "backend": jax.default_backend(),
             "device_count": jax.device_count(), "process_count": jax.process_count(),
@@ -56,24 +59,50 @@ def config_differences(saved: dict, current: dict) -> list[tuple]:
             if not field.startswith(VOLATILE_FIELDS) and old.get(field) != new.get(field)]
 
 
+def frozen_init_of(description: dict) -> str:
+    """The generator that drew a saved run's frozen weights (files older than the field: the
+    legacy one)."""
+    return description.get("frozen_init", initial_weights.LEGACY)
+
+
 def check_same_weights(saved: dict, current: dict, where: str) -> None:
     """The frozen weights regenerated now must be the ones the run was trained with."""
+    generator = frozen_init_of(saved)
+    if current["frozen_init"] != generator:
+        raise CheckpointError(f"{where} was drawn by the frozen-weight generator {generator}, "
+                              f"this process by {current['frozen_init']}")
+    if generator == initial_weights.LEGACY:
+        check_same_prng(saved, current, where)
+    if saved["frozen_checksum"] == current["frozen_checksum"]:
+        return
+    mismatch = (f"the frozen weights regenerated from seed {current['seed']} do not match the "
+                f"checksum saved in {where} (saved {saved['frozen_checksum'][:12]}..., now "
+                f"{current['frozen_checksum'][:12]}...).")
+    if generator != initial_weights.LEGACY:
+        raise CheckpointError(f"{mismatch} Their generator ({generator}) gives the same bits on "
+                              "every machine, so the file was altered or this bnjax draws "
+                              "differently: install the bnjax version named in it "
+                              f"({saved['versions'].get('bnjax')}). Refusing different weights.")
+    versions = "; ".join(f"{lib} {saved['versions'].get(lib)} -> {v}"
+                         for lib, v in current["versions"].items()
+                         if saved["versions"].get(lib) != v)
+    raise CheckpointError(
+        f"{mismatch} It was made by bnjax's first generator ({generator}), whose weights come "
+        "from XLA:CPU float code: they regenerate only on a CPU with the same instruction set "
+        "(FMA or not; XLA_FLAGS=--xla_cpu_max_isa changes it) and the same jaxlib. "
+        + (f"Library versions differ: {versions}. " if versions else "")
+        + "Evaluate or resume it on a machine like the one that made it, or train again with "
+        "this bnjax, whose weights are the same bits everywhere (README, 'What is exact'). "
+        "Refusing to continue with different weights.")
+
+
+def check_same_prng(saved: dict, current: dict, where: str) -> None:
+    """jax.random's settings decide the augmentation draws (and the legacy frozen weights)."""
     for name, was in saved["prng"].items():
         now = current["prng"].get(name)
         if now != was:
             raise CheckpointError(
                 f"{where} was made with {name}={was}, but this process has {name}={now}, "
-                f"which regenerates different frozen weights from the seed. Set "
+                f"which draws other random numbers from the same seed. Set "
                 f"{name.upper()}={was} in the environment (or jax.config.update({name!r}, "
                 f"{was!r})) and rerun.")
-    if saved["frozen_checksum"] != current["frozen_checksum"]:
-        versions = "; ".join(f"{lib} {saved['versions'].get(lib)} -> {v}"
-                             for lib, v in current["versions"].items()
-                             if saved["versions"].get(lib) != v)
-        raise CheckpointError(
-            f"the frozen weights regenerated from seed {current['seed']} do not match the "
-            f"checksum saved in {where} (saved {saved['frozen_checksum'][:12]}..., now "
-            f"{current['frozen_checksum'][:12]}...). "
-            + (f"Library versions differ: {versions}. Install the saved versions. "
-               if versions else "")
-            + "Refusing to continue with different weights.")

@@ -1,14 +1,13 @@
 """Model init from one seed, the trainable/frozen split, the optimizer, and the train state.
 
-The frozen weights are a pure function of (seed, model config, PRNG settings): they are rebuilt
-from the seed and never stored. `TrainState` holds only what training changes: the trainable
+The frozen weights are a pure function of (seed, model config) drawn by bnjax.initial_weights:
+they are rebuilt from the seed and never stored. `TrainState` holds only what training changes: the trainable
 leaves, the BatchNorm running statistics, the optimizer state (which exists for trainable leaves
 only) and the step.
 """
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 
 import flax
@@ -17,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from bnjax import partition
+from bnjax import initial_weights, partition
 from bnjax.models import build_model
 
 
@@ -29,54 +28,8 @@ class TrainState:
     opt_state: optax.OptState
 
 
-def model_key(seed: int) -> jax.Array:
-    return jax.random.fold_in(jax.random.key(seed), 0)
-
-
 def augment_key(seed: int) -> jax.Array:
     return jax.random.fold_in(jax.random.key(seed), 1)
-
-
-def mask_key(seed: int) -> jax.Array:
-    return jax.random.fold_in(jax.random.key(seed), 2)
-
-
-def _on_this_hosts_cpu():
-    """Run what is dispatched inside on this host's CPU: seeded draws must be bit-identical on
-    every backend."""
-    return jax.default_device(jax.local_devices(backend="cpu")[0])
-
-
-def on_cpu(function, *args):
-    """Run `function` jitted on the CPU (see _on_this_hosts_cpu)."""
-    with _on_this_hosts_cpu():
-        return jax.jit(function)(*args)
-
-
-def _initial_variables(model, image_shape: tuple, key):
-    return model.init(key, jnp.zeros((1,) + image_shape, jnp.float32), train=False)
-
-
-# One compiled init program per (model, image shape), reused by every later init in the process
-# (a ResNet-8's takes ~7 s to compile here; tests and sweeps init the same model many times).
-_compiled_initial_variables = jax.jit(_initial_variables, static_argnums=(0, 1))
-
-
-def init_variables(model, seed: int, image_shape) -> dict:
-    """Every initial weight and BN statistic, from the seed alone.
-
-    Always computed by the same jitted program on the CPU, whatever the accelerator: random
-    draws go through float functions (erfinv, scaling) whose last bits can differ between
-    backends and between jit and eager, and the frozen weights must be bit-identical everywhere.
-    """
-    with _on_this_hosts_cpu():
-        return _compiled_initial_variables(model, tuple(image_shape), model_key(seed))
-
-
-def variable_shapes(model, image_shape) -> dict:
-    """The variable tree's shapes and dtypes, without allocating (for summaries of huge models)."""
-    return jax.eval_shape(functools.partial(_initial_variables, model, tuple(image_shape)),
-                          model_key(0))
 
 
 def weights_checksum(tree) -> str:
@@ -142,20 +95,22 @@ class ModelSetup:
     total_params: int
     trainable_params: int
     frozen_checksum: str  # of the frozen weights (and masks): what the seed must regenerate
+    frozen_init: str  # the generator of bnjax.initial_weights that drew them
 
 
-def initialize(config, num_classes: int, image_shape, steps_per_epoch: int):
+def initialize(config, num_classes: int, image_shape, steps_per_epoch: int,
+               frozen_init: str = initial_weights.CURRENT):
     """(setup, initial TrainState, frozen weights) for `config`, all from config.seed."""
     model = build_model(config.model, num_classes)
-    variables = init_variables(model, config.seed, image_shape)
+    variables = initial_weights.initial_variables(model, config.seed, image_shape, frozen_init)
     params = variables["params"]
     mode = config.train.mode
     labels = partition.param_labels(params, mode)
     trainable, frozen = partition.split(params, labels)
     masks = None
     if mode in partition.MASKED_MODES:
-        masks = on_cpu(lambda key: partition.random_k_masks(trainable, config.train.random_k,
-                                                            key), mask_key(config.seed))
+        masks = initial_weights.random_k_masks(trainable, config.train.random_k, config.seed,
+                                               frozen_init)
     schedule = learning_rate_schedule(config.train, steps_per_epoch)
     optimizer = make_optimizer(config.train, labels, schedule, masks)
     state = TrainState(step=jnp.asarray(0, jnp.int32), trainable=trainable,
@@ -165,5 +120,6 @@ def initialize(config, num_classes: int, image_shape, steps_per_epoch: int):
                        total_params=partition.count(params),
                        trainable_params=partition.trainable_count(trainable, mode,
                                                                   config.train.random_k),
-                       frozen_checksum=weights_checksum({"frozen": frozen, "masks": masks or {}}))
+                       frozen_checksum=weights_checksum({"frozen": frozen, "masks": masks or {}}),
+                       frozen_init=frozen_init)
     return setup, state, frozen

@@ -4,7 +4,7 @@ from __future__ import annotations
 from bnjax import config as config_lib
 from bnjax import partition
 from bnjax.models import build_model, parse_name
-from bnjax.state import variable_shapes
+from bnjax.initial_weights import variable_shapes
 
 KNOWN_CLASS_COUNTS = {"cifar100": 100, "imagenet2012": 1000}
 

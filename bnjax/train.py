@@ -16,7 +16,7 @@ from absl import logging
 
 from bnjax import config as config_lib
 from bnjax import data as data_lib
-from bnjax import checkpoint, distributed, runinfo
+from bnjax import checkpoint, distributed, initial_weights, runinfo
 from bnjax import workdir as workdir_lib
 from bnjax.data.batches import steps_per_epoch as count_steps_per_epoch
 from bnjax.data.batches import group_into_calls, prefetch, train_batches
@@ -40,7 +40,7 @@ class Run:
     total_steps: int
 
     def describe(self) -> dict:
-        return runinfo.describe(self.config, self.setup.frozen_checksum,
+        return runinfo.describe(self.config, self.setup.frozen_checksum, self.setup.frozen_init,
                                 self.train_data.num_classes, self.train_data.image_shape)
 
 
@@ -50,7 +50,7 @@ def check_devices(config, device_count: int) -> None:
                           f"invalid: it must be divisible by the {device_count} devices")
 
 
-def build_run(config):
+def build_run(config, frozen_init: str = initial_weights.CURRENT):
     """Validate, load data, init the model from the seed and split it. Writes nothing."""
     config_lib.validate(config)
     check_devices(config, jax.device_count())
@@ -61,7 +61,7 @@ def build_run(config):
         raise DataError(f"the training split has {len(train_data)} examples, fewer than "
                         f"train.batch_size = {config.train.batch_size}; lower the batch size")
     setup, state, frozen = initialize(config, train_data.num_classes,
-                                      train_data.image_shape, per_epoch)
+                                      train_data.image_shape, per_epoch, frozen_init)
     run = Run(config=config, setup=setup, train_data=train_data, eval_data=eval_data,
               steps_per_epoch=per_epoch, total_steps=per_epoch * config.train.epochs)
     return run, state, frozen
@@ -143,7 +143,8 @@ def train_and_evaluate(config, workdir: str, stop_at_step: int | None = None,
     (renamed, not deleted) and start over. branch: continue the workdir's latest checkpoint
     although the config changed (the frozen weights must still match).
     """
-    run, state, frozen = build_run(config)  # validation and data: nothing is written before
+    # validation and data: nothing is written before
+    run, state, frozen = build_run(config, _frozen_init_to_continue(workdir, overwrite))
     description = run.describe()
     chief = distributed.is_chief()
     with _claim_workdir(workdir, overwrite) if chief else contextlib.nullcontext():
@@ -157,6 +158,16 @@ def train_and_evaluate(config, workdir: str, stop_at_step: int | None = None,
                                stop_at_step)
         finally:
             _finish_saves(manager)
+
+
+def _frozen_init_to_continue(workdir: str, overwrite: bool) -> str:
+    """The generator of the run in `workdir` (an older run continues with its own), else the
+    current one."""
+    run_json = os.path.join(workdir, "run.json")
+    if overwrite or not os.path.exists(run_json):
+        return initial_weights.CURRENT
+    with open(run_json) as f:
+        return runinfo.frozen_init_of(json.load(f))
 
 
 @contextlib.contextmanager

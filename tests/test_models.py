@@ -7,7 +7,8 @@ import pytest
 from bnjax import partition
 from bnjax.config import base_config
 from bnjax.models import build_model, parse_name
-from bnjax.state import init_variables, weights_checksum
+from bnjax.initial_weights import initial_variables
+from bnjax.state import weights_checksum
 from bnjax.summary import counts
 
 
@@ -52,7 +53,7 @@ def test_invalid_names_are_rejected(name):
 def _variables(seed, name="cifar_resnet_8_4", bn_init="uniform"):
     config = base_config().model
     config.name, config.bn_init = name, bn_init
-    return init_variables(build_model(config, 10), seed, (32, 32, 3))
+    return initial_variables(build_model(config, 10), seed, (32, 32, 3))
 
 
 def test_weights_are_a_pure_function_of_the_seed():
@@ -89,7 +90,7 @@ def test_forward_gives_float32_logits_per_class():
     config = base_config().model
     config.name = "cifar_resnet_8_4"
     model = build_model(config, 7)
-    variables = init_variables(model, 0, (32, 32, 3))
+    variables = initial_variables(model, 0, (32, 32, 3))
     logits = model.apply(variables, jnp.ones((2, 32, 32, 3)), train=False)
     assert logits.shape == (2, 7) and logits.dtype == jnp.float32
     assert variables["params"]["stage2_block0"]["conv1"]["kernel"].shape == (3, 3, 4, 8)

@@ -5,14 +5,15 @@ import pytest
 from bnjax import partition
 from bnjax.config import base_config
 from bnjax.models import build_model
-from bnjax.state import init_variables, learning_rate_schedule, make_optimizer
+from bnjax.initial_weights import initial_variables, random_k_masks
+from bnjax.state import learning_rate_schedule, make_optimizer
 
 
 @pytest.fixture(scope="module")
 def params():
     config = base_config().model
     config.name = "cifar_resnet_8_4"
-    return init_variables(build_model(config, 10), 0, (32, 32, 3))["params"]
+    return initial_variables(build_model(config, 10), 0, (32, 32, 3))["params"]
 
 
 def test_every_parameter_has_exactly_one_role(params):
@@ -82,11 +83,8 @@ def test_random_k2_trains_as_many_parameters_as_bn(name):
 
 
 def _masks(params, seed, k=2):
-    from bnjax.state import mask_key, on_cpu
-
     trainable, _ = partition.split(params, partition.param_labels(params, "random_k"))
-    return trainable, on_cpu(lambda key: partition.random_k_masks(trainable, k, key),
-                             mask_key(seed))
+    return trainable, random_k_masks(trainable, k, seed)
 
 
 def test_random_k_masks_pick_k_per_channel_and_follow_the_seed(params):

@@ -10,7 +10,7 @@ from typing import Any
 import jax.numpy as jnp
 from flax import linen as nn
 
-from bnjax.models.init import conv_and_norm, kaiming_normal, torch_linear_bias
+from bnjax.models.init import TorchBias, conv_and_norm, kaiming_normal
 
 
 class BasicBlock(nn.Module):
@@ -53,5 +53,5 @@ class CifarResNet(nn.Module):
         x = jnp.mean(x, axis=(1, 2))
         fan_in = x.shape[-1]
         x = nn.Dense(self.num_classes, kernel_init=kaiming_normal,
-                     bias_init=torch_linear_bias(fan_in), dtype=self.dtype, name="fc")(x)
+                     bias_init=TorchBias(fan_in), dtype=self.dtype, name="fc")(x)
         return x.astype(jnp.float32)

@@ -10,7 +10,7 @@ from typing import Any
 import jax.numpy as jnp
 from flax import linen as nn
 
-from bnjax.models.init import conv_and_norm, kaiming_normal, torch_linear_bias
+from bnjax.models.init import TorchBias, conv_and_norm, kaiming_normal
 
 STAGE_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3),
                 152: (3, 8, 36, 3), 200: (3, 24, 36, 3)}
@@ -82,5 +82,5 @@ class ImagenetResNet(nn.Module):
                                name=f"stage{stage + 1}_block{block}")(x)
         x = jnp.mean(x, axis=(1, 2))
         x = nn.Dense(self.num_classes, kernel_init=kaiming_normal,
-                     bias_init=torch_linear_bias(x.shape[-1]), dtype=self.dtype, name="fc")(x)
+                     bias_init=TorchBias(x.shape[-1]), dtype=self.dtype, name="fc")(x)
         return x.astype(jnp.float32)

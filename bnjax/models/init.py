@@ -1,6 +1,16 @@
-"""The paper's initialisers (open_lth `kaiming_normal` and its BatchNorm inits), as Flax functions,
-and the conv and BatchNorm layers every bnjax ResNet is built from."""
+"""The paper's initialisers (open_lth's `kaiming_normal`, PyTorch's layer defaults and open_lth's
+BatchNorm inits) and the conv and BatchNorm layers every bnjax ResNet is built from.
+
+Each initialiser is a small description of a distribution. As a Flax initializer (calling it with
+a key) it draws with jax.random, which is what `model.init` gives. bnjax itself draws the same
+distributions from the seed with bnjax.initial_weights, whose numbers are the same bits on
+every machine.
+"""
+from __future__ import annotations
+
+import dataclasses
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -9,39 +19,64 @@ from flax import linen as nn
 from bnjax.models.batch_norm import BatchNorm
 from bnjax.models.conv import Conv
 
-# PyTorch kaiming_normal_(mode='fan_in', nonlinearity='relu'): N(0, 2 / fan_in), not truncated.
-kaiming_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
+
+def fan_in(kernel_shape) -> int:
+    """Inputs per output unit of a dense (in, out) or convolution (H, W, in, out) kernel."""
+    return math.prod(kernel_shape[:-1])
 
 
-def torch_linear_bias(fan_in: int):
-    """PyTorch's default nn.Linear bias: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
-    bound = 1.0 / jnp.sqrt(fan_in)
+@dataclasses.dataclass(frozen=True)
+class KaimingNormal:
+    """N(0, 2 / fan_in), not truncated: PyTorch's kaiming_normal_(mode='fan_in', 'relu')."""
 
-    def init(key, shape, dtype=jnp.float32):
+    def std(self, shape) -> float:
+        return math.sqrt(2.0 / fan_in(shape))
+
+    def __call__(self, key, shape, dtype=jnp.float32):
+        return nn.initializers.variance_scaling(2.0, "fan_in", "normal")(key, shape, dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class Uniform:
+    """U[low, high)."""
+    low: float
+    high: float
+
+    def __call__(self, key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, self.low, self.high)
+
+
+@dataclasses.dataclass(frozen=True)
+class Constant:
+    value: float
+
+    def __call__(self, key, shape, dtype=jnp.float32):
+        return jnp.full(shape, self.value, dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class TorchBias:
+    """PyTorch's default bias of nn.Linear and nn.Conv2d: U(-1/sqrt(fan_in), 1/sqrt(fan_in)),
+    fan_in of the layer's kernel."""
+    fan_in: int
+
+    def bound(self) -> float:
+        return 1.0 / math.sqrt(self.fan_in)
+
+    def __call__(self, key, shape, dtype=jnp.float32):
+        bound = 1.0 / jnp.sqrt(self.fan_in)
         return jax.random.uniform(key, shape, dtype, -bound, bound)
 
-    return init
 
-
-def _constant(value: float):
-    return nn.initializers.constant(value)
-
-
-def _uniform(low: float, high: float):
-    def init(key, shape, dtype=jnp.float32):
-        return jax.random.uniform(key, shape, dtype, low, high)
-
-    return init
-
+kaiming_normal = KaimingNormal()
 
 # open_lth's batchnorm_init names -> (gamma init, beta init).
 BN_INITIALIZERS = {
-    "uniform": (_uniform(0.0, 1.0), _constant(0.0)),
-    "fixed": (_constant(1.0), _constant(0.0)),
-    "oneone": (_constant(1.0), _constant(1.0)),
-    "positivenegative": (_uniform(-1.0, 1.0), _constant(0.0)),
+    "uniform": (Uniform(0.0, 1.0), Constant(0.0)),
+    "fixed": (Constant(1.0), Constant(0.0)),
+    "oneone": (Constant(1.0), Constant(1.0)),
+    "positivenegative": (Uniform(-1.0, 1.0), Constant(0.0)),
 }
-
 
 # PyTorch BatchNorm2d defaults: momentum 0.1 (Flax counts the other way: 0.9), eps 1e-5.
 BN_MOMENTUM = 0.9

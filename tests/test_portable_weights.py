@@ -1,0 +1,178 @@
+"""What a seed regenerates is the same bits on every machine, and older files still load."""
+import importlib.metadata
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from bnjax import export, initial_weights, partition, portable_random
+from bnjax.config import base_config
+from bnjax.errors import CheckpointError
+from bnjax.models import build_model
+from bnjax.state import weights_checksum
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LEGACY_EXPORT = os.path.join(REPO, "tests", "fixtures", "export_v1_cifar_resnet_8_4.bnjax")
+
+# The generator's output, pinned: a change here breaks every export ever written.
+SEEDED_CHECKSUMS = {  # bnjax.state.weights_checksum of the params of seed 0
+    "cifar_resnet_20": "ae680a89387adddc",
+}
+
+
+def test_log_is_accurate_to_float64():
+    x = np.concatenate([np.geomspace(1e-300, 1.0, 100_000), 2.0 ** -np.arange(1, 60)])
+    relative = np.abs(portable_random.log(x) - np.log(x)) / np.maximum(np.abs(np.log(x)), 1e-300)
+    assert relative.max() < 2e-15
+
+
+def test_normal_quantile_matches_the_standard_library():
+    p = np.concatenate([np.linspace(0, 1, 20_001)[1:-1], 2.0 ** -np.arange(2, 54),
+                        1 - 2.0 ** -np.arange(2, 53)])
+    reference = np.array([statistics.NormalDist().inv_cdf(v) for v in p])
+    np.testing.assert_allclose(portable_random.normal_quantile(p), reference, rtol=0,
+                               atol=1e-14)
+
+
+def test_draws_have_the_requested_distributions():
+    normal = portable_random.normal(0, "test", "w", (200_000,), 0.5)
+    assert normal.dtype == np.float32
+    assert abs(normal.mean()) < 0.005 and normal.std() == pytest.approx(0.5, rel=0.01)
+    assert np.mean(np.abs(normal) < 0.5) == pytest.approx(0.6827, abs=0.005)
+    uniform = portable_random.uniform(0, "test", "u", (200_000,), -0.25, 0.25)
+    assert uniform.min() >= -0.25 and uniform.max() < 0.25
+    assert uniform.mean() == pytest.approx(0.0, abs=0.002)
+    assert not np.array_equal(normal, portable_random.normal(1, "test", "w", (200_000,), 0.5))
+    assert not np.array_equal(normal, portable_random.normal(0, "test", "v", (200_000,), 0.5))
+
+
+def _model(name):
+    config = base_config().model
+    config.name = name
+    return build_model(config, 10)
+
+
+def test_seeded_and_flax_initialisers_draw_the_same_distributions():
+    """The role table of bnjax.initial_weights agrees with what the Flax modules declare."""
+    model = _model("cifar_resnet_14_32")
+    seeded = partition.flatten(initial_weights.initial_variables(model, 0, (32, 32, 3)))
+    flax_drawn = partition.flatten(initial_weights.initial_variables(
+        model, 0, (32, 32, 3), initial_weights.LEGACY))
+    assert seeded.keys() == flax_drawn.keys()
+    for path, value in seeded.items():
+        ours, theirs = np.asarray(value), np.asarray(flax_drawn[path])
+        assert ours.shape == theirs.shape and ours.dtype == theirs.dtype, path
+        if np.all(theirs == theirs.flat[0]):
+            np.testing.assert_array_equal(ours, theirs, err_msg=path)
+            continue
+        assert ours.std() == pytest.approx(theirs.std(), rel=0.25), path
+        assert theirs.min() - 0.05 <= ours.mean() <= theirs.max() + 0.05, path
+
+
+def test_a_new_layer_changes_no_other_layers_numbers():
+    narrow = partition.flatten(initial_weights.initial_variables(_model("cifar_resnet_8_4"), 0,
+                                                                 (32, 32, 3))["params"])
+    deeper = partition.flatten(initial_weights.initial_variables(_model("cifar_resnet_14_4"), 0,
+                                                                 (32, 32, 3))["params"])
+    np.testing.assert_array_equal(narrow["stage1_block0/conv1/kernel"],
+                                  deeper["stage1_block0/conv1/kernel"])
+
+
+_CHECKSUM_SCRIPT = """
+import json, sys
+from bnjax import initial_weights, partition
+from bnjax.config import base_config
+from bnjax.models import build_model
+from bnjax.state import weights_checksum
+out = {}
+for name, shape in (("cifar_resnet_20", (32, 32, 3)), ("imagenet_resnet_18", (224, 224, 3))):
+    config = base_config().model
+    config.name = name
+    params = initial_weights.initial_variables(build_model(config, 10), 0, shape)["params"]
+    trainable, _ = partition.split(params, partition.param_labels(params, "random_k"))
+    masks = initial_weights.random_k_masks(trainable, 2, 0)
+    out[name] = weights_checksum({"params": params, "masks": masks})
+print(json.dumps(out))
+"""
+
+_LIMITS = {  # what a machine without FMA, AVX2 or AVX-512 computes, imitated on this one
+    "default": {},
+    "xla SSE4_2": {"XLA_FLAGS": "--xla_cpu_max_isa=SSE4_2"},
+    "xla AVX": {"XLA_FLAGS": "--xla_cpu_max_isa=AVX"},
+    "xla AVX2": {"XLA_FLAGS": "--xla_cpu_max_isa=AVX2"},
+    "numpy baseline": {"NPY_DISABLE_CPU_FEATURES": "X86_V3 X86_V4 AVX512_ICL AVX512_SPR"},
+}
+
+
+def _run(script, extra_env):
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS",)}
+    env.update(extra_env)
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_frozen_weights_and_masks_are_the_same_bits_under_every_instruction_set():
+    checksums = {limit: json.loads(_run(_CHECKSUM_SCRIPT, env).splitlines()[-1])
+                 for limit, env in _LIMITS.items()}
+    assert len({json.dumps(c, sort_keys=True) for c in checksums.values()}) == 1, checksums
+    params = initial_weights.initial_variables(_model("cifar_resnet_20"), 0, (32, 32, 3))
+    assert weights_checksum(params["params"]).startswith(SEEDED_CHECKSUMS["cifar_resnet_20"])
+
+
+def _fixture_metrics():
+    description, _, _ = export.read_export(LEGACY_EXPORT)
+    return description
+
+
+def test_a_legacy_export_loads_the_old_way_on_a_machine_like_the_one_that_made_it(
+        image_folder):
+    """Format 1 (before frozen_init existed): regenerated by the legacy generator. This machine
+    kind (x86-64 with FMA, the jaxlib in the file) made it, so it must evaluate exactly; on
+    another jaxlib the clear refusal is the documented outcome."""
+    description = _fixture_metrics()
+    assert description["format"] == "bnjax-export-1" and "frozen_init" not in description
+    same_jaxlib = description["versions"]["jaxlib"] == importlib.metadata.version("jaxlib")
+    try:
+        result = export.evaluate_export(LEGACY_EXPORT, image_folder)
+    except CheckpointError as error:
+        assert not same_jaxlib, f"refused on a matching machine: {error}"
+        assert "bnjax's first generator (jax-v1)" in str(error)
+        return
+    assert result["test_accuracy"] == description["metrics"]["test_accuracy"]
+    assert result["test_loss"] == description["metrics"]["test_loss"]
+
+
+def test_a_legacy_export_on_a_machine_without_fma_gets_a_clear_message(image_folder):
+    script = ("from bnjax import export\nfrom bnjax.errors import CheckpointError\n"
+              f"try:\n    export.load_export({LEGACY_EXPORT!r})\n"
+              "except CheckpointError as error:\n    print('REFUSED', error)\n")
+    out = _run(script, {"XLA_FLAGS": "--xla_cpu_max_isa=SSE4_2"})
+    assert "REFUSED" in out and "first generator (jax-v1)" in out
+    assert "XLA_FLAGS=--xla_cpu_max_isa" in out and "same bits everywhere" in out
+
+
+def test_an_export_evaluates_the_same_on_a_machine_without_fma(tmp_path, image_folder):
+    """Made with the default settings here, evaluated where XLA may not use FMA."""
+    from conftest import tiny_config_for
+
+    from bnjax.train import train_and_evaluate
+
+    config = tiny_config_for(image_folder, str(tmp_path / "cache"))
+    config.train.epochs = 1
+    metrics = train_and_evaluate(config, str(tmp_path / "run"))
+    path = str(tmp_path / "model.bnjax")
+    export.export_from_workdir(str(tmp_path / "run"), path)
+    script = ("import json\nfrom bnjax import export\n"
+              f"print(json.dumps(export.evaluate_export({path!r}, {image_folder!r})))\n")
+    result = json.loads(_run(script, {"XLA_FLAGS": "--xla_cpu_max_isa=SSE4_2"}).splitlines()[-1])
+    assert result["test_accuracy"] == metrics["test_accuracy"]
+    assert result["test_loss"] == pytest.approx(metrics["test_loss"], rel=1e-5)
+    assert math.isfinite(result["test_loss"])
