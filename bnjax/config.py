@@ -52,7 +52,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.train.momentum = 0.9
     config.train.nesterov = False
     config.train.weight_decay = 1e-4  # on trainable parameters only, gamma and beta included
-    config.train.lr_milestones = (80, 120)  # epochs at which lr is multiplied by lr_drop
+    config.train.lr_milestones = (80, 120)  # epochs (may be fractional) at which lr *= lr_drop
     config.train.lr_drop = 0.1
     config.train.warmup_epochs = 0  # linear warm-up from 0 (the ImageNet recipe uses 5)
     # Train steps per compiled call (a lax.scan): >1 saves per-step dispatch where steps are
@@ -163,9 +163,9 @@ def validate(config) -> None:
     _require(_is_number(train.lr_drop) and 0 < train.lr_drop <= 1, "train.lr_drop",
              train.lr_drop, "a number in (0, 1]")
     milestones = tuple(train.lr_milestones)
-    _require(all(isinstance(m, int) and m > 0 for m in milestones)
+    _require(all(_is_number(m) and m > 0 for m in milestones)
              and list(milestones) == sorted(set(milestones)), "train.lr_milestones",
-             train.lr_milestones, "increasing positive epoch numbers, e.g. (80, 120)")
+             train.lr_milestones, "increasing positive epochs, e.g. (80, 120) or (2.5, 3.75)")
     _require(isinstance(train.warmup_epochs, int) and 0 <= train.warmup_epochs < train.epochs,
              "train.warmup_epochs", train.warmup_epochs, "an integer in [0, train.epochs)")
     _require(isinstance(train.steps_per_call, int) and not isinstance(train.steps_per_call, bool)

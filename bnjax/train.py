@@ -146,6 +146,12 @@ def train_and_evaluate(config, workdir: str, stop_at_step: int | None = None,
     # validation and data: nothing is written before
     run, state, frozen = build_run(config, _frozen_init_to_continue(workdir, overwrite))
     description = run.describe()
+    finished = None if overwrite else _finished_metrics(workdir, description)
+    if finished is not None:
+        logging.info("%s holds a finished run of this config (test accuracy %.4f); nothing to "
+                     "do. Use a new --workdir, or --overwrite to train it again.", workdir,
+                     finished["test_accuracy"])
+        return finished
     chief = distributed.is_chief()
     with _claim_workdir(workdir, overwrite) if chief else contextlib.nullcontext():
         distributed.barrier("workdir ready")
@@ -158,6 +164,20 @@ def train_and_evaluate(config, workdir: str, stop_at_step: int | None = None,
                                stop_at_step)
         finally:
             _finish_saves(manager)
+
+
+def _finished_metrics(workdir: str, description: dict) -> dict | None:
+    """The metrics of a finished run of the same config in `workdir`, or None. Reads only."""
+    paths = [os.path.join(workdir, name) for name in ("run.json", "metrics.json")]
+    if not all(os.path.exists(path) for path in paths):
+        return None
+    with open(paths[0]) as f:
+        saved = json.load(f)
+    with open(paths[1]) as f:
+        metrics = json.load(f)
+    same_config = not runinfo.config_differences(
+        config_lib.from_dict(saved["config"]).to_dict(), description["config"])
+    return metrics if same_config else None
 
 
 def _frozen_init_to_continue(workdir: str, overwrite: bool) -> str:
