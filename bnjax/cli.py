@@ -138,9 +138,10 @@ def cmd_sweep() -> None:
 
     root = _require_flag(_WORKDIR.value, "workdir", "--workdir=runs/sweep1")
     grid = _require_flag(_GRID.value, "grid", "--grid='train.mode=bn,output;seed=0,1'")
-    config_arg = next(a.split("=", 1)[1] for a in sys.argv if a.startswith("--config="))
-    overrides = [a for a in sys.argv[1:] if a.startswith("--config.")]
-    sweep.run_sweep(_config(), grid, root, _LAUNCHER.value, config_arg, overrides)
+    config = _config()
+    sweep.run_sweep(config, grid, root, _LAUNCHER.value,
+                    config_flags.get_config_filename(flags.FLAGS["config"]),
+                    config_flags.get_override_values(flags.FLAGS["config"]))
 
 
 def cmd_aggregate() -> None:

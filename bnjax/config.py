@@ -168,6 +168,12 @@ def validate(config) -> None:
              train.lr_milestones, "increasing positive epochs, e.g. (80, 120) or (2.5, 3.75)")
     _require(isinstance(train.warmup_epochs, int) and 0 <= train.warmup_epochs < train.epochs,
              "train.warmup_epochs", train.warmup_epochs, "an integer in [0, train.epochs)")
+    _require(not milestones or milestones[0] > train.warmup_epochs, "train.lr_milestones",
+             train.lr_milestones, f"epochs after the warm-up (train.warmup_epochs = "
+             f"{train.warmup_epochs}); a drop during the warm-up would be lost")
+    _require(isinstance(train.nesterov, bool) and not (train.nesterov and train.momentum == 0),
+             "train.nesterov", train.nesterov, "True only with train.momentum > 0 (Nesterov "
+             "momentum without momentum is plain SGD)")
     _require(isinstance(train.steps_per_call, int) and not isinstance(train.steps_per_call, bool)
              and 1 <= train.steps_per_call <= 1000, "train.steps_per_call",
              train.steps_per_call, "an integer from 1 to 1000 (1: one step per call)")

@@ -1,6 +1,7 @@
 """What a run reports: log lines a person can watch, TensorBoard scalars, and JSON files."""
 from __future__ import annotations
 
+import contextlib
 import json
 import logging as pylogging
 import os
@@ -38,12 +39,82 @@ def _keep_lines_up_to(path: str, last_step: int) -> None:
     os.replace(f"{path}.tmp", path)
 
 
+class Window:
+    """The per-step train metrics of the open log window.
+
+    Its values travel in a checkpoint (`carry`) when a run stops inside a window, so the resumed
+    run averages exactly the steps an uninterrupted run would: the same float32 values, in the
+    same order, reduced by the same np.mean.
+    """
+
+    def __init__(self, carried: dict | None = None):
+        self._parts = [{name: np.asarray(values, np.float32) for name, values in carried.items()}
+                       ] if carried else []
+        self.carried_steps = len(next(iter(carried.values()))) if carried else 0
+        self.new_steps = 0  # run by this process
+
+    def __len__(self) -> int:
+        return self.carried_steps + self.new_steps
+
+    def add(self, metrics: dict, steps: int) -> None:
+        """A call's metrics: device scalars, or arrays stacked per step for multi-step calls."""
+        self._parts.append(metrics)
+        self.new_steps += steps
+
+    def values(self) -> dict:
+        """{name: float32 array, one value per step} (one host sync)."""
+        parts = jax.device_get(self._parts)
+        return {name: np.concatenate([np.ravel(part[name]) for part in parts]).astype(np.float32)
+                for name in parts[0]} if parts else {}
+
+    def means(self) -> dict:
+        return {name: float(np.mean(values)) for name, values in self.values().items()}
+
+    def carry(self) -> dict:
+        """The values as JSON lists (float32 values are exact as JSON numbers)."""
+        return {name: [float(v) for v in values] for name, values in self.values().items()}
+
+
+class Throughput:
+    """Training images per second, on a clock that pauses around evaluation and checkpointing.
+
+    `window` closes a log window and returns its rate; `overall` averages every window but the
+    first after a (re)start, which includes compilation.
+    """
+
+    def __init__(self):
+        self._start = time.perf_counter()
+        self._paused = 0.0
+        self._first = True
+        self._seconds = 0.0
+        self._images = 0
+
+    @contextlib.contextmanager
+    def paused(self):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._paused += time.perf_counter() - start
+
+    def window(self, images: int) -> float:
+        now = time.perf_counter()
+        seconds = max(now - self._start - self._paused, 1e-9)
+        if not self._first:
+            self._seconds += seconds
+            self._images += images
+        self._start, self._paused, self._first = now, 0.0, False
+        return images / seconds
+
+    def overall(self) -> float | None:
+        return self._images / self._seconds if self._seconds else None
+
+
 class Reporter:
     """Progress lines on the log, scalars in <workdir>/tensorboard, and <workdir>/train_log.jsonl
     (one line per log window: the step and the window's mean loss, accuracy and lr).
 
-    In a multi-process run only the chief (process 0) reports; the others just compute the
-    window means, which every process needs to stop on a non-finite loss together.
+    In a multi-process run only the chief (process 0) writes anything.
     """
 
     def __init__(self, workdir: str, total_steps: int, steps_per_epoch: int, start_step: int,
@@ -65,23 +136,16 @@ class Reporter:
             for name, value in values.items():
                 self.tensorboard.add_scalar(f"{group}/{name}", value, step)
 
-    def train_window(self, step: int, window: list) -> dict:
-        """Mean of the window's per-step metrics (device arrays, scalars or stacked per step
-        for multi-step calls), logged to file and TensorBoard."""
-        values = {name: float(np.mean(np.concatenate(
-                      [np.ravel(value) for value in jax.device_get([m[name] for m in window])])))
-                  for name in window[0]}
-        if self.chief:
-            with open(self.train_log, "a") as f:
-                f.write(json.dumps({"step": step, **values}) + "\n")
+    def train_window(self, step: int, values: dict, images_per_s: float,
+                     batch_size: int) -> None:
+        """A closed log window: its means to train_log.jsonl and TensorBoard, a progress line."""
         self.scalars(step, "train", values)
-        return values
-
-    def progress(self, step: int, values: dict, images_per_s: float, steps_per_s: float) -> None:
         if not self.chief:
             return
+        with open(self.train_log, "a") as f:
+            f.write(json.dumps({"step": step, **values}) + "\n")
         self.tensorboard.add_scalar("train/images_per_s", images_per_s, step)
-        remaining = (self.total_steps - step) / steps_per_s if steps_per_s else 0.0
+        remaining = (self.total_steps - step) * batch_size / images_per_s
         epoch = (step - 1) // self.steps_per_epoch + 1
         logging.info("epoch %d  step %d/%d (%.1f%%)  loss %.4f  acc %.4f  lr %.4g  "
                      "%.0f img/s  eta %s", epoch, step, self.total_steps,

@@ -22,6 +22,13 @@ from bnjax import config as config_lib
 from bnjax.errors import ConfigError
 
 
+def _number(text: str):
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
 def _parse_value(field: str, text: str, current):
     try:
         if isinstance(current, bool):
@@ -31,7 +38,7 @@ def _parse_value(field: str, text: str, current):
         if isinstance(current, (int, float)):
             return type(current)(text)
         if isinstance(current, tuple):
-            return tuple(int(v) for v in text.strip("()").split("/") if v)
+            return tuple(_number(v) for v in text.strip("()").split("/") if v)
         return text
     except ValueError:
         raise ConfigError(f"sweep grid: {field}={text!r} is not a valid "
@@ -89,18 +96,20 @@ def expand(config, grid) -> list[tuple[str, dict, object]]:
     return runs
 
 
-def train_command(config_arg: str, base_overrides: list[str], workdir: str,
+def train_command(config_arg: str, base_overrides: dict, workdir: str,
                   overrides: dict) -> str:
+    """The `bnjax train` command of one point: the config file, the command line's own
+    --config.FIELD overrides, then the point's."""
     def show(value):
         return f"({','.join(map(str, value))})" if isinstance(value, tuple) else str(value)
 
     words = ["bnjax", "train", f"--config={config_arg}", f"--workdir={workdir}",
-             *base_overrides, *(f"--config.{f}={show(v)}" for f, v in overrides.items())]
+             *(f"--config.{f}={show(v)}" for f, v in {**base_overrides, **overrides}.items())]
     return " ".join(shlex.quote(w) for w in words)
 
 
 def run_sweep(config, grid_spec: str, root: str, launcher: str, config_arg: str,
-              base_overrides: list[str]) -> list[str]:
+              base_overrides: dict) -> list[str]:
     """Run (launcher 'local') or print (launcher 'print') every grid point; return the commands."""
     runs = expand(config, parse_grid(grid_spec, config))  # every point valid before any runs
     commands = []

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import json
 import os
 import signal
@@ -22,8 +21,9 @@ from bnjax.data.batches import steps_per_epoch as count_steps_per_epoch
 from bnjax.data.batches import group_into_calls, prefetch, train_batches
 from bnjax.errors import (CheckpointError, ConfigError, DamagedCheckpointError, DataError,
                           TrainingError)
-from bnjax.metrics import Reporter, write_json
+from bnjax.metrics import Reporter, Throughput, Window, write_json
 from bnjax.models import parse_name
+from bnjax.schedule import Schedule
 from bnjax.state import ModelSetup, augment_key, initialize
 from bnjax.step import (evaluate, make_eval_step, make_mesh, make_train_step, replicate,
                         shard_batch, shard_stacked_batches)
@@ -36,8 +36,7 @@ class Run:
     setup: ModelSetup
     train_data: data_lib.Dataset
     eval_data: data_lib.Dataset
-    steps_per_epoch: int
-    total_steps: int
+    schedule: Schedule
 
     def describe(self) -> dict:
         return runinfo.describe(self.config, self.setup.frozen_checksum, self.setup.frozen_init,
@@ -63,7 +62,7 @@ def build_run(config, frozen_init: str = initial_weights.CURRENT):
     setup, state, frozen = initialize(config, train_data.num_classes,
                                       train_data.image_shape, per_epoch, frozen_init)
     run = Run(config=config, setup=setup, train_data=train_data, eval_data=eval_data,
-              steps_per_epoch=per_epoch, total_steps=per_epoch * config.train.epochs)
+              schedule=Schedule.from_config(config, per_epoch))
     return run, state, frozen
 
 
@@ -94,7 +93,8 @@ def signals_received():
 
 
 def _resume(workdir: str, manager, state, description: dict, branch: bool):
-    """(state, history) to continue from: the newest readable checkpoint, or the fresh state.
+    """(state, history, open log window) to continue from: the newest readable checkpoint, or
+    the fresh state.
 
     A damaged newest checkpoint (a crash mid-write, a corrupt disk) falls back to the one before.
     """
@@ -115,18 +115,18 @@ def _resume(workdir: str, manager, state, description: dict, branch: bool):
         for field, old, new in changed:
             logging.warning("branching from step %d: %s was %r, now %r", step, field, old, new)
         logging.info("resuming from the checkpoint at step %d", step)
-        return restored, saved["history"]
+        return restored, saved["history"], saved.get("open_window")
     if steps:
         raise CheckpointError(f"none of the checkpoints in {workdir} ({steps}) can be read; "
                               "use --overwrite to set the run aside and start over")
-    return state, []
+    return state, [], None
 
 
 def _final_metrics(run: Run, history: list, speed: float | None, wall_time: float) -> dict:
     config, final = run.config, history[-1]
     return {"test_accuracy": final["test_accuracy"], "test_loss": final["test_loss"],
             "train_loss": final["train_loss"], "train_accuracy": final["train_accuracy"],
-            "epochs": config.train.epochs, "steps": run.total_steps,
+            "epochs": config.train.epochs, "steps": run.schedule.total_steps,
             "trainable_params": run.setup.trainable_params, "total_params": run.setup.total_params,
             "model": config.model.name, "mode": config.train.mode, "seed": config.seed,
             "train_images_per_s": speed, "wall_time_s": wall_time, "history": history,
@@ -157,11 +157,11 @@ def train_and_evaluate(config, workdir: str, stop_at_step: int | None = None,
         distributed.barrier("workdir ready")
         manager = checkpoint.open_manager(workdir, config.checkpoint)
         try:
-            state, history = _resume(workdir, manager, state, description, branch)
+            state, history, open_window = _resume(workdir, manager, state, description, branch)
             if chief:
                 write_json(os.path.join(workdir, "run.json"), description)
-            return _train_loop(run, workdir, manager, state, frozen, history, description,
-                               stop_at_step)
+            return _train_loop(run, workdir, manager, state, frozen, history, open_window,
+                               description, stop_at_step)
         finally:
             _finish_saves(manager)
 
@@ -234,111 +234,86 @@ def _save(manager, step: int, state, meta: dict, metrics: dict | None) -> None:
                             "resume.") from None
 
 
-def _scheduled(config, steps_per_epoch: int, done: int) -> tuple[bool, bool, bool]:
-    """What the config makes happen after `done` steps: (a log window ends, an epoch ends, a
-    checkpoint.every_steps checkpoint is due)."""
-    every_steps = config.checkpoint.every_steps
-    return (done % config.log.every_steps == 0, done % steps_per_epoch == 0,
-            bool(every_steps and done % every_steps == 0))
-
-
-def _ends_call(config, steps_per_epoch: int, done: int) -> bool:
-    """Whether something is scheduled after `done` steps: a multi-step call must end there.
-    Stops (a signal, stop_at_step) wait for the end of a call instead, so that an interrupted
-    run's calls, and hence its float rounding (a scan rounds differently from single steps),
-    are the uninterrupted run's."""
-    return any(_scheduled(config, steps_per_epoch, done))
-
-
-def _train_loop(run, workdir, manager, state, frozen, history, description, stop_at_step):
-    config = run.config
+def _train_loop(run, workdir, manager, state, frozen, history, open_window, description,
+                stop_at_step):
+    config, setup, schedule = run.config, run.setup, run.schedule
     start_step = int(state.step)
     logging.info("%s, mode %s: %d of %d parameters trainable; step %d of %d (%d epochs x %d)",
-                 config.model.name, config.train.mode, run.setup.trainable_params,
-                 run.setup.total_params,
-                 start_step, run.total_steps, config.train.epochs, run.steps_per_epoch)
+                 config.model.name, config.train.mode, setup.trainable_params,
+                 setup.total_params, start_step, schedule.total_steps, config.train.epochs,
+                 schedule.steps_per_epoch)
     mesh = make_mesh()
     state, frozen = replicate((state, frozen), mesh)
-    setup = run.setup
-    augment_on_device = not run.train_data.augmented_on_host
-    train_step = make_train_step(setup.model, setup.optimizer, setup.labels, setup.schedule,
-                                 augment_on_device)
-    per_call = config.train.steps_per_call
-    multi_step = make_train_step(setup.model, setup.optimizer, setup.labels, setup.schedule,
-                                 augment_on_device, per_call) if per_call > 1 else None
+    run_call = _call_runner(run, mesh)
     eval_step = make_eval_step(setup.model)
-    key = replicate(augment_key(config.seed), mesh)
-    reporter = Reporter(workdir, run.total_steps, run.steps_per_epoch, start_step,
+    reporter = Reporter(workdir, schedule.total_steps, schedule.steps_per_epoch, start_step,
                         chief=distributed.is_chief())
-    rows = distributed.local_rows(config.train.batch_size)
-    pending, train_values = [], None
-    window_start, window_steps, first_window = time.time(), 0, True
-    train_seconds, trained_images = 0.0, 0
-    started = time.time()
-    with signals_received() as received:
-        try:
-            batches = train_batches(run.train_data, config.train.batch_size, config.seed,
-                                    start_step, run.total_steps, rows)
-            calls = prefetch(group_into_calls(batches, per_call, functools.partial(
-                _ends_call, config, run.steps_per_epoch)))
-            for steps, images, targets in calls:
-                if len(steps) > 1:
-                    state, metrics = multi_step(
-                        state, frozen, *shard_stacked_batches((images, targets), mesh), key)
-                else:
-                    state, metrics = train_step(
-                        state, frozen, *shard_batch((images, targets), mesh), key)
-                pending.append(metrics)
-                window_steps += len(steps)
-                done = steps[-1] + 1
-                epoch = done // run.steps_per_epoch
-                log_due, end_of_epoch, step_checkpoint_due = _scheduled(
-                    config, run.steps_per_epoch, done)
-                # A signal may reach one host of many: all stop at the same step.
-                requested_stop = stop_at_step is not None and steps[0] < stop_at_step <= done
-                stopping = distributed.any_process(bool(received)) or requested_stop
-                saving = (stopping or done == run.total_steps or step_checkpoint_due
-                          or (end_of_epoch and epoch % config.checkpoint.every_epochs == 0))
-                window_done = log_due or end_of_epoch or saving
-                if window_done:
-                    train_values = reporter.train_window(done, pending)  # one host sync
-                    _check_finite(train_values, done - window_steps + 1, done, config.train.lr,
-                                  manager.latest_step())
-                    elapsed = time.time() - window_start
-                    if not first_window:  # the first window compiles: leave it out of speed
-                        train_seconds += elapsed
-                        trained_images += window_steps * config.train.batch_size
-                    reporter.progress(done, train_values, window_steps * config.train.batch_size
-                                      / elapsed, window_steps / elapsed)
-                    pending, window_steps, first_window = [], 0, False
-                eval_metrics = None
-                if end_of_epoch and (epoch % config.eval.every_epochs == 0
-                                     or done == run.total_steps):
+    batch = config.train.batch_size
+    window, clock, started = Window(open_window), Throughput(), time.time()
+    batches = train_batches(run.train_data, batch, config.seed, start_step,
+                            schedule.total_steps, distributed.local_rows(batch))
+    calls = prefetch(group_into_calls(batches, config.train.steps_per_call,
+                                      schedule.ends_call))
+    with signals_received() as received, contextlib.closing(calls), \
+            contextlib.closing(reporter):
+        for steps, images, targets in calls:
+            state, metrics = run_call(state, frozen, steps, images, targets)
+            window.add(metrics, len(steps))
+            done = steps[-1] + 1
+            due = schedule.after(done)
+            # A signal may reach one host of many: all stop at the same step.
+            stopping = (distributed.any_process(bool(received))
+                        or (stop_at_step is not None and steps[0] < stop_at_step <= done))
+            if due.log or stopping:  # a stop saves the open window: check it is finite
+                values = window.means()  # one host sync
+                _check_finite(values, done - len(window) + 1, done, config.train.lr,
+                              manager.latest_step())
+            if due.log:
+                reporter.train_window(done, values, clock.window(batch * window.new_steps), batch)
+                train_values, window = values, Window()
+            eval_metrics = None
+            if due.evaluate:
+                with clock.paused():
                     eval_metrics = evaluate(eval_step, mesh, state, frozen, run.eval_data,
                                             config.eval.batch_size)
-                    reporter.eval_result(done, epoch, eval_metrics)
-                    history.append({"epoch": epoch, "step": done,
-                                    "train_loss": train_values["loss"],
-                                    "train_accuracy": train_values["accuracy"],
-                                    "test_loss": eval_metrics["loss"],
-                                    "test_accuracy": eval_metrics["accuracy"]})
-                if saving:
+                reporter.eval_result(done, due.epoch, eval_metrics)
+                history.append({"epoch": due.epoch, "step": done,
+                                "train_loss": train_values["loss"],
+                                "train_accuracy": train_values["accuracy"],
+                                "test_loss": eval_metrics["loss"],
+                                "test_accuracy": eval_metrics["accuracy"]})
+            if due.save or stopping:
+                with clock.paused():
                     _save(manager, done, state, {**description, "step": done,
-                                                 "history": history},
+                                                 "history": history,
+                                                 "open_window": window.carry()},
                           {"test_accuracy": eval_metrics["accuracy"]} if eval_metrics else None)
-                if stopping:
-                    manager.wait_until_finished()
-                    raise Interrupted(done, received[0] if received else None)
-                if window_done:  # the next window's clock starts after eval and saving
-                    window_start = time.time()
-        finally:
-            reporter.close()
+            if stopping:
+                manager.wait_until_finished()
+                raise Interrupted(done, received[0] if received else None)
 
-    metrics = _final_metrics(run, history,
-                             trained_images / train_seconds if train_seconds else None,
-                             time.time() - started)
+    metrics = _final_metrics(run, history, clock.overall(), time.time() - started)
     if distributed.is_chief():
         write_json(os.path.join(workdir, "metrics.json"), metrics)
     logging.info("done: test accuracy %.4f after %d epochs", metrics["test_accuracy"],
                  config.train.epochs)
     return metrics
+
+
+def _call_runner(run, mesh):
+    """run_call(state, frozen, steps, images, targets) -> (state, metrics): one compiled train
+    step, or train.steps_per_call of them scanned, for the (stacked) batches of a call."""
+    setup, per_call = run.setup, run.config.train.steps_per_call
+    augment_on_device = not run.train_data.augmented_on_host
+    single = make_train_step(setup.model, setup.optimizer, setup.labels, setup.schedule,
+                             augment_on_device)
+    multi = make_train_step(setup.model, setup.optimizer, setup.labels, setup.schedule,
+                            augment_on_device, per_call) if per_call > 1 else None
+    key = replicate(augment_key(run.config.seed), mesh)
+
+    def run_call(state, frozen, steps, images, targets):
+        if len(steps) > 1:
+            return multi(state, frozen, *shard_stacked_batches((images, targets), mesh), key)
+        return single(state, frozen, *shard_batch((images, targets), mesh), key)
+
+    return run_call

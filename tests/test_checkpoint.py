@@ -50,13 +50,36 @@ def test_interrupted_in_process_then_resumed_matches_uninterrupted(finished, tmp
     assert _same_results(resumed, reference)
 
 
+def test_stops_inside_log_windows_record_what_an_uninterrupted_run_records(finished, tmp_path):
+    """With the default log.every_steps (50) the tiny run logs once per 3-step epoch, so stops
+    at steps 1 and 4 fall inside windows: no extra line, and the resumed windows average the
+    steps before the stop too."""
+    config, _, _ = finished
+    config = config.copy_and_resolve_references()
+    config.log.every_steps = 50
+    reference = train_and_evaluate(config, str(tmp_path / "reference"))
+    workdir = str(tmp_path / "run")
+    for stop in (1, 4):
+        with pytest.raises(Interrupted, match=f"stopped at step {stop}"):
+            train_and_evaluate(config, workdir, stop_at_step=stop)
+    resumed = train_and_evaluate(config, workdir)
+    assert [r["step"] for r in _log(workdir)] == [3, 6]
+    assert _log(workdir) == _log(str(tmp_path / "reference"))
+    assert _same_results(resumed, reference)
+
+
 def _cli_train(workdir, image_folder, cache, *extra):
+    """12 epochs of 12 steps, logged at the default log.every_steps: once per epoch."""
     return subprocess.Popen(
         [sys.executable, "-m", "bnjax", "train", f"--config={REPO}/configs/smoke.py",
          f"--workdir={workdir}", f"--config.data.source={image_folder}",
          f"--config.data.cache_dir={cache}", "--config.train.batch_size=2",
-         "--config.train.epochs=12", "--config.log.every_steps=1", "--config.eval.batch_size=12",
-         *extra], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+         "--config.train.epochs=12", "--config.log.every_steps=50",
+         "--config.eval.batch_size=12", *extra],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+TOTAL_CLI_STEPS = 12 * 12
 
 
 def _wait_for_log_lines(workdir, count, process, timeout=120):
@@ -66,15 +89,29 @@ def _wait_for_log_lines(workdir, count, process, timeout=120):
         if os.path.exists(path) and sum(1 for _ in open(path)) >= count:
             return
         time.sleep(0.005)
-    raise AssertionError(f"training never logged {count} steps: {process.communicate()[1]}")
+    raise AssertionError(f"training never logged {count} lines: {process.communicate()[1]}")
 
 
-def test_sigterm_saves_a_complete_checkpoint_and_resume_is_exact(image_folder, tmp_path):
+@pytest.fixture(scope="module")
+def cli_reference(image_folder, tmp_path_factory):
+    """(workdir, metrics) of an uninterrupted CLI run."""
+    workdir = str(tmp_path_factory.mktemp("cli_reference") / "run")
+    process = _cli_train(workdir, image_folder, str(tmp_path_factory.mktemp("cache")))
+    assert process.wait(timeout=300) == 0, process.stderr.read()
+    with open(os.path.join(workdir, "metrics.json")) as f:
+        return workdir, json.load(f)
+
+
+def _assert_records_equal(workdir, reference_dir, reference_metrics):
+    assert _log(workdir) == _log(reference_dir)
+    with open(os.path.join(workdir, "metrics.json")) as f:
+        metrics = json.load(f)
+    assert _same_results(metrics, reference_metrics)
+
+
+def test_sigterm_saves_a_complete_checkpoint_and_resume_is_exact(image_folder, tmp_path,
+                                                                  cli_reference):
     cache = tmp_path / "cache"
-    reference_dir = str(tmp_path / "reference")
-    reference = _cli_train(reference_dir, image_folder, cache)
-    assert reference.wait(timeout=300) == 0, reference.stderr.read()
-
     workdir = str(tmp_path / "run")
     process = _cli_train(workdir, image_folder, cache)
     _wait_for_log_lines(workdir, 3, process)
@@ -82,41 +119,58 @@ def test_sigterm_saves_a_complete_checkpoint_and_resume_is_exact(image_folder, t
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 128 + signal.SIGTERM, stderr
     assert "a checkpoint was saved" in stderr and "Traceback" not in stderr
-    stopped_at = _log(workdir)[-1]["step"]
-    total = 12 * 12
-    assert stopped_at < total, "training finished before the signal arrived"
 
     manager = checkpoint.open_manager(workdir)
-    assert manager.latest_step() == stopped_at
+    stopped_at = manager.latest_step()
     meta = checkpoint.read_meta(manager, stopped_at)
-    assert meta["step"] == stopped_at and meta["seed"] == 0
     manager.close()
+    assert 36 <= stopped_at < TOTAL_CLI_STEPS, "training finished before the signal arrived"
+    assert meta["step"] == stopped_at and meta["seed"] == 0
+    assert len(meta["open_window"]["loss"]) == stopped_at % 12  # steps since the last line
+    assert _log(workdir)[-1]["step"] == stopped_at // 12 * 12  # no line for a partial window
 
     resumed = _cli_train(workdir, image_folder, cache)
     assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
-    assert _log(workdir) == _log(reference_dir)
-    with open(os.path.join(workdir, "metrics.json")) as a, \
-            open(os.path.join(reference_dir, "metrics.json")) as b:
-        assert _same_results(json.load(a), json.load(b))
+    _assert_records_equal(workdir, *cli_reference)
 
 
-def test_after_kill_9_the_run_resumes_from_the_last_checkpoint(image_folder, tmp_path):
+def test_after_kill_9_the_run_resumes_from_the_last_checkpoint(image_folder, tmp_path,
+                                                               cli_reference):
     cache = tmp_path / "cache"
     workdir = str(tmp_path / "run")
     process = _cli_train(workdir, image_folder, cache, "--config.checkpoint.every_steps=5")
-    _wait_for_log_lines(workdir, 30, process)
+    _wait_for_log_lines(workdir, 4, process)
     process.kill()
     process.wait()
     manager = checkpoint.open_manager(workdir)
     last_saved = manager.latest_step()
     manager.close()
-    assert last_saved is not None and last_saved < 12 * 12
+    assert last_saved is not None and last_saved < TOTAL_CLI_STEPS
     resumed = _cli_train(workdir, image_folder, cache, "--config.checkpoint.every_steps=5")
     _, stderr = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, stderr
     assert f"resuming from the checkpoint at step {last_saved}" in stderr
-    steps = [r["step"] for r in _log(workdir)]
-    assert steps == list(range(1, 12 * 12 + 1))  # lines past the checkpoint were replaced
+    # lines past the checkpoint were dropped and rewritten; checkpoint settings change nothing
+    _assert_records_equal(workdir, *cli_reference)
+
+
+def _files(folder):
+    found = {}
+    for root, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(root, name)
+            with open(path, "rb") as f:
+                found[path] = (f.read(), os.stat(path).st_mtime_ns)
+    return found
+
+
+def test_training_a_finished_run_again_changes_no_file(finished):
+    config, workdir, reference = finished
+    before = _files(workdir)
+    again = train_and_evaluate(config, workdir)
+    assert _files(workdir) == before
+    assert again == json.load(open(os.path.join(workdir, "metrics.json")))
+    assert again["train_images_per_s"] == reference["train_images_per_s"]
 
 
 def test_workdir_of_a_different_config_is_refused(finished, tmp_path):

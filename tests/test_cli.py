@@ -92,3 +92,13 @@ def test_a_run_that_cannot_go_on_exits_3(monkeypatch, capsys):
         cli.main(["bnjax", "train"])
     assert exit_info.value.code == 3
     assert "bnjax: error: the training loss became nan" in capsys.readouterr().err
+
+
+def test_sweep_accepts_flags_and_values_as_separate_words(tmp_path):
+    result = bnjax("sweep", "--config", f"{CIFAR10}:cifar_resnet_8", "--config.train.epochs", "3",
+                   "--grid=train.mode=bn,all", f"--workdir={tmp_path}", "--launcher=print")
+    assert result.returncode == 0, result.stderr
+    commands = result.stdout.splitlines()
+    assert len(commands) == 2
+    assert f"--config={CIFAR10}:cifar_resnet_8 " in commands[0]
+    assert "--config.train.epochs=3 --config.train.mode=bn" in commands[0]

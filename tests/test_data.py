@@ -40,6 +40,28 @@ def test_cache_is_used_and_a_damaged_cache_is_rebuilt(image_folder, tmp_path):
     np.testing.assert_array_equal(first["train"].images, again["train"].images)
 
 
+@pytest.mark.parametrize("change", ["replace", "add"])
+def test_a_changed_image_inside_the_folder_is_never_read_from_a_stale_cache(tmp_path, change):
+    from PIL import Image
+
+    root = write_image_folder(str(tmp_path / "d"), 2, 1)
+    cache = str(tmp_path / "cache")
+    before = load_image_folder(root, ("train", "test"), cache)["train"]
+    target = os.path.join(root, "train", CLASSES[0],
+                          "0000.png" if change == "replace" else "0099.png")
+    white = np.full((32, 32, 3), 255, np.uint8)
+    Image.fromarray(white).save(target + ".new.png")
+    os.replace(target + ".new.png", target)  # in place: the class folder's own stat may not move
+    after = load_image_folder(root, ("train", "test"), cache)["train"]
+    assert len(os.listdir(cache)) == 2  # a second cache entry, for the new contents
+    if change == "replace":
+        assert not np.array_equal(before.images[0], white)
+        np.testing.assert_array_equal(after.images[0], white)
+    else:
+        assert len(after) == len(before) + 1
+        assert any(np.array_equal(image, white) for image in after.images)
+
+
 def test_class_lists_must_match_between_splits(tmp_path):
     root = write_image_folder(str(tmp_path / "d"), 2, 1)
     os.makedirs(os.path.join(root, "test", "zebra"))
@@ -158,3 +180,23 @@ def test_calls_group_steps_up_to_boundaries():
     assert images.shape == (2, 2, 1) and images[1, 0, 0] == 5
     assert labels.tolist() == [[4, 4], [5, 5]]
     assert [s for s, _, _ in steps_of(0, 5, 1, lambda done: False)] == [[0], [1], [2], [3], [4]]
+
+
+@pytest.mark.parametrize("items", [3, 1000])
+def test_prefetch_thread_ends_when_its_consumer_stops_early(items):
+    """Whether the source is exhausted (the thread waits to hand over its end marker) or not."""
+    import threading
+    import time
+
+    from bnjax.data.batches import prefetch
+
+    before = {t for t in threading.enumerate() if t.name == "bnjax-prefetch"}
+    batches = prefetch(iter(range(items)), depth=1)
+    assert next(batches) == 0
+    time.sleep(0.3)  # let the producer fill the queue and block on its next hand-over
+    batches.close()
+    deadline = time.time() + 5
+    while time.time() < deadline and any(t.name == "bnjax-prefetch" and t not in before
+                                         for t in threading.enumerate()):
+        time.sleep(0.05)
+    assert not [t for t in threading.enumerate() if t.name == "bnjax-prefetch" and t not in before]

@@ -122,6 +122,21 @@ def test_conv_layer_equals_flax_conv_values_and_gradients(kernel, stride, paddin
     chex.assert_trees_all_close(ours_grads, flax_grads, rtol=1e-5, atol=1e-5)
 
 
+def test_bfloat16_matmul_weight_gradient_accumulates_in_float32():
+    from bnjax.models.conv import weight_grad_by_matmuls
+    x = jax.random.normal(jax.random.key(1), (64, 16, 16, 8)).astype(jnp.bfloat16)
+    dy = jax.random.normal(jax.random.key(2), (64, 16, 16, 4)).astype(jnp.bfloat16)
+    padding = ((1, 1), (1, 1))
+    ours = weight_grad_by_matmuls(x, dy, (3, 3, 8, 4), (1, 1), padding)
+    assert ours.dtype == jnp.float32
+    x64, dy64 = np.asarray(x, np.float64), np.asarray(dy, np.float64)  # the same rounded inputs
+    padded = np.pad(x64, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    exact = np.stack([np.einsum("nhwc,nhwo->co", padded[:, i:i + 16, j:j + 16], dy64)
+                      for i in range(3) for j in range(3)]).reshape(3, 3, 8, 4)
+    # float32 accumulation of 16,384 products: ~1e-6 of the largest entry; bfloat16 ~1e-2
+    assert np.max(np.abs(np.asarray(ours) - exact)) < 1e-5 * np.max(np.abs(exact))
+
+
 def test_conv_weight_gradient_choice_per_backend_and_size():
     from bnjax.models.conv import uses_matmul_weight_grad
     assert uses_matmul_weight_grad((128, 32, 32, 16), "cpu")

@@ -52,6 +52,22 @@ def test_each_bad_field_is_named_with_value_and_accepted_values(field, value, me
     assert f"'{field}'" in str(error.value) and message in str(error.value)
 
 
+@pytest.mark.parametrize("fields,named,message", [
+    ({"train.nesterov": True, "train.momentum": 0.0}, "train.nesterov", "train.momentum > 0"),
+    ({"train.warmup_epochs": 5, "train.lr_milestones": (5, 30)}, "train.lr_milestones",
+     "after the warm-up"),
+])
+def test_combinations_that_would_silently_change_the_recipe_are_rejected(fields, named,
+                                                                          message):
+    config = config_lib.base_config()
+    for field, value in fields.items():
+        group, _, name = field.rpartition(".")
+        config[group][name] = value
+    with pytest.raises(ConfigError) as error:
+        config_lib.validate(config)
+    assert f"'{named}'" in str(error.value) and message in str(error.value)
+
+
 def test_batch_not_divisible_by_devices_is_rejected():
     config = config_lib.base_config()
     with pytest.raises(ConfigError, match="divisible by the 3 devices"):

@@ -9,9 +9,10 @@ from bnjax.errors import ConfigError
 
 def test_grid_values_take_the_type_of_their_field():
     grid = sweep.parse_grid("train.mode=bn,all; seed=0,1 ;train.lr=0.05;"
-                            "train.nesterov=true;train.lr_milestones=2/3", base_config())
+                            "train.nesterov=true;train.lr_milestones=2/3,2.5/3.75",
+                            base_config())
     assert grid == [("train.mode", ["bn", "all"]), ("seed", [0, 1]), ("train.lr", [0.05]),
-                    ("train.nesterov", [True]), ("train.lr_milestones", [(2, 3)])]
+                    ("train.nesterov", [True]), ("train.lr_milestones", [(2, 3), (2.5, 3.75)])]
 
 
 @pytest.mark.parametrize("spec,message", [
@@ -29,7 +30,7 @@ def test_every_point_is_validated_before_any_run(tmp_path):
     config = base_config()
     with pytest.raises(ConfigError, match="model.name=cifar_resnet_15.*depth 15"):
         sweep.run_sweep(config, "model.name=cifar_resnet_20,cifar_resnet_15", str(tmp_path / "s"),
-                        "local", "configs/cifar10.py", [])
+                        "local", "configs/cifar10.py", {})
     assert not (tmp_path / "s").exists()
 
 
@@ -37,7 +38,7 @@ def test_print_launcher_prints_one_train_command_per_point(tmp_path, capsys):
     commands = sweep.run_sweep(base_config(), "model.name=cifar_resnet_14,cifar_resnet_20;"
                                "train.mode=bn,output;train.lr_milestones=2/3",
                                str(tmp_path), "print", "configs/cifar10.py",
-                               ["--config.train.epochs=3"])
+                               {"train.epochs": 3})
     assert len(commands) == 4
     printed = capsys.readouterr().out.splitlines()
     assert printed == commands
@@ -51,7 +52,7 @@ def test_print_launcher_prints_one_train_command_per_point(tmp_path, capsys):
 def test_local_sweep_runs_skips_finished_and_aggregates(tiny_config, tmp_path):
     tiny_config.train.epochs = 1
     root = str(tmp_path / "sweep")
-    sweep.run_sweep(tiny_config, "train.mode=bn,none", root, "local", "x.py", [])
+    sweep.run_sweep(tiny_config, "train.mode=bn,none", root, "local", "x.py", {})
     for name in ("results.csv", "results.md", "accuracy_vs_trainable.png"):
         assert os.path.getsize(os.path.join(root, name)) > 0
     rows = sweep.collect(root)
@@ -59,7 +60,7 @@ def test_local_sweep_runs_skips_finished_and_aggregates(tiny_config, tmp_path):
     assert {r["trainable_params"] for r in rows if r["mode"] == "none"} == {0}
     finished = os.path.join(root, "train.mode=bn", "metrics.json")
     stamp = os.path.getmtime(finished)
-    sweep.run_sweep(tiny_config, "train.mode=bn,none", root, "local", "x.py", [])
+    sweep.run_sweep(tiny_config, "train.mode=bn,none", root, "local", "x.py", {})
     assert os.path.getmtime(finished) == stamp
     table = open(os.path.join(root, "results.md")).read()
     assert "| cifar_resnet_8_4 | bn | 0 | 1 |" in table

@@ -78,25 +78,32 @@ def eval_batches(data: Dataset, batch_size: int, rows: slice = slice(None)):
 
 def prefetch(batches, depth: int = 2):
     """Iterate `batches` on a background thread, `depth` items ahead, so that reading and
-    decoding the next batch overlaps the device's work on this one. Errors are re-raised here."""
+    decoding the next batch overlaps the device's work on this one. Errors are re-raised here.
+
+    Close the returned generator (contextlib.closing) when stopping early: the thread then ends
+    at its next hand-over instead of waiting forever on a full queue.
+    """
     items: queue.Queue = queue.Queue(maxsize=depth)
     done = object()
     stop = threading.Event()
 
+    def hand_over(item) -> bool:
+        while not stop.is_set():
+            try:
+                items.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def produce():
         try:
             for item in batches:
-                while not stop.is_set():
-                    try:
-                        items.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not hand_over(item):
                     return
-            items.put(done)
+            hand_over(done)
         except BaseException as error:  # handed to the consumer
-            items.put(error)
+            hand_over(error)
 
     thread = threading.Thread(target=produce, name="bnjax-prefetch", daemon=True)
     thread.start()

@@ -1,8 +1,8 @@
 """Image-folder data: a directory or a .tar/.tar.gz of <split>/<class>/<image> files.
 
 The whole set is decoded once (one pass over the archive for every split) and cached as uint8
-arrays in an .npz keyed by the source's path, size and modification time, so later runs start in
-about a second. Classes are the sorted folder names, and must be the same in every split.
+arrays in an .npz keyed by the contents' fingerprint (every file's path, size, modification time
+and inode), so later runs start in about a second and a changed image is never read stale. Classes are the sorted folder names, and must be the same in every split.
 """
 from __future__ import annotations
 
@@ -142,10 +142,28 @@ def _decode_all(source: str, splits, skip_corrupt: bool) -> dict[str, Dataset]:
     return _assemble(files, source)
 
 
+def _stat_line(path: str, name: str) -> str:
+    stat = os.stat(path)
+    return f"{name}|{stat.st_size}|{stat.st_mtime_ns}|{stat.st_ino}\n"
+
+
+def source_fingerprint(source: str) -> str:
+    """sha256 of the path, size, modification time and inode of the archive, or of every file
+    in the folder: any replaced, added, removed or touched image gives another fingerprint."""
+    digest = hashlib.sha256(os.path.realpath(source).encode() + b"\n")
+    if os.path.isfile(source):
+        digest.update(_stat_line(source, "").encode())
+        return digest.hexdigest()
+    for root, dirs, names in os.walk(source):
+        dirs.sort()
+        for name in sorted(names):
+            path = os.path.join(root, name)
+            digest.update(_stat_line(path, os.path.relpath(path, source)).encode())
+    return digest.hexdigest()
+
+
 def _cache_path(source: str, splits, cache_dir: str, skip_corrupt: bool) -> str:
-    stat = os.stat(source)
-    key = (f"{os.path.realpath(source)}|{stat.st_size}|{stat.st_mtime_ns}|{','.join(splits)}"
-           f"|{skip_corrupt}")
+    key = f"{source_fingerprint(source)}|{','.join(splits)}|{skip_corrupt}"
     digest = hashlib.sha256(key.encode()).hexdigest()[:20]
     return os.path.join(cache_dir, f"imagefolder-{digest}.npz")
 

@@ -29,7 +29,9 @@ def conv(x, kernel, strides, padding):
 
 
 def weight_grad_by_matmuls(x, dy, kernel_shape, strides, padding):
-    """d(conv(x, w))/dw contracted with dy: for each tap (i, j), slice(x)^T @ dy."""
+    """d(conv(x, w))/dw contracted with dy: for each tap (i, j), slice(x)^T @ dy, accumulated
+    and returned in float32 whatever the inputs' dtype (a bfloat16 sum over batch x space
+    would lose most of its digits)."""
     kernel_h, kernel_w, in_features, out_features = kernel_shape
     batch, out_h, out_w, _ = dy.shape
     stride_h, stride_w = strides
@@ -43,7 +45,8 @@ def weight_grad_by_matmuls(x, dy, kernel_shape, strides, padding):
                              j + (out_w - 1) * stride_w + 1, in_features),
                             (1, stride_h, stride_w, 1))
             taps.append(lax.dot_general(tap.reshape(-1, in_features), dy,
-                                        (((0,), (0,)), ((), ()))))
+                                        (((0,), (0,)), ((), ())),
+                                        preferred_element_type=jnp.float32))
     return jnp.stack(taps).reshape(kernel_shape)
 
 
