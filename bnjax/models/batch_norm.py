@@ -1,14 +1,17 @@
 """BatchNorm with the residual add and ReLU that follow it, and a hand-written gradient.
 
-The same parameters, running averages and forward values as flax's nn.BatchNorm followed by
-`relu(y + residual)` (PyTorch-like momentum and epsilon come from bnjax.models.init). Why not
-nn.BatchNorm: differentiating it, XLA:CPU materialises `x - mean` and `g * scale / std` as
-whole tensors before reducing them, because its fast (YNNPACK) reductions take no broadcasts;
-the backward pass of one ResNet-20 BatchNorm read or wrote its 8 MB activation 13 times. The
-gradient here needs two broadcast-free reductions (sum(dz) and sum(dz * x), with dz = g where
-the output is positive) and one element-wise pass, the closed form BatchNorm kernels use: 9
-passes, and the BN-only gradient of cifar_resnet_20 at batch 128 went from ~220 to ~200 ms
-(`python launch/profile_step.py`, docs/PERFORMANCE.md). The same code runs on every backend.
+The same parameters and forward values as flax's nn.BatchNorm(use_fast_variance=False)
+followed by `relu(y + residual)`, with PyTorch's momentum, epsilon (bnjax.models.init) and
+running variance (the unbiased batch variance, as torch.nn.BatchNorm2d keeps it).
+
+- The batch variance is the mean of squared deviations from the mean (two passes), not
+  E[x^2] - E[x]^2: in float32 that difference loses the digits that the gradients of every
+  layer below depend on (docs/PERFORMANCE.md, "Gradient accuracy").
+- Why not nn.BatchNorm's autodiff: XLA:CPU materialises `x - mean` and `g * scale / std` as
+  whole tensors before reducing them, because its fast reductions take no broadcasts. The
+  gradient here needs two broadcast-free reductions (sum(dz) and sum(dz * x), with dz = g where
+  the output is positive) and one element-wise pass, the closed form BatchNorm kernels use.
+The same code runs on every backend.
 """
 from __future__ import annotations
 
@@ -27,18 +30,21 @@ def _count(x) -> int:
     return x.shape[0] * x.shape[1] * x.shape[2]
 
 
+def _statistics_dtype(x):
+    """float32, or x's dtype where it is wider (float64 reference computations)."""
+    return jnp.promote_types(x.dtype, jnp.float32)
+
+
 def batch_statistics(x):
-    """Mean and (biased) variance per channel in float32, as flax computes them
-    (E[x^2] - E[x]^2, clipped at 0)."""
-    x = x.astype(jnp.float32)
+    """Mean and biased variance per channel, in float32, the variance from the centred values."""
+    x = x.astype(_statistics_dtype(x))
     mean = jnp.sum(x, REDUCED_AXES) / _count(x)
-    mean_of_squares = jnp.sum(x * x, REDUCED_AXES) / _count(x)
-    return mean, jnp.maximum(0.0, mean_of_squares - mean * mean)
+    return mean, jnp.sum(jnp.square(x - mean), REDUCED_AXES) / _count(x)
 
 
 def normalize(x, mean, var, scale, bias, residual, relu: bool, epsilon: float):
     """flax's normalisation, in float32, cast back to x's dtype; then + residual, then ReLU."""
-    y = (x.astype(jnp.float32) - mean) * (lax.rsqrt(var + epsilon) * scale) + bias
+    y = (x.astype(_statistics_dtype(x)) - mean) * (lax.rsqrt(var + epsilon) * scale) + bias
     y = y.astype(x.dtype)
     if residual is not None:
         y = y + residual
@@ -66,14 +72,14 @@ def _backward(relu, has_residual, epsilon, saved, cotangents):
     g, g_mean, g_var = cotangents
     count = _count(x)
     dz = jnp.where(y > 0, g, jnp.zeros_like(g)) if relu else g
-    dz32, x32 = dz.astype(jnp.float32), x.astype(jnp.float32)
+    dz32, x32 = dz.astype(_statistics_dtype(x)), x.astype(_statistics_dtype(x))
     # Both sums read only dz and x: no broadcast, so XLA:CPU fuses each into one pass.
     sum_dz = jnp.sum(dz32, REDUCED_AXES)
     sum_dz_x = jnp.sum(dz32 * x32, REDUCED_AXES)
     inv_std = lax.rsqrt(var + epsilon)
     d_bias = sum_dz
-    # sum(dz * (x - mean)) as sum(dz * x) - mean * sum(dz): the same E[xy] - E[x]E[y] form as
-    # flax's (default) fast variance, and it keeps the broadcast out of the reduction.
+    # sum(dz * (x - mean)) as sum(dz * x) - mean * sum(dz) keeps the broadcast out of the
+    # reduction; unlike the variance's, this difference costs no measurable accuracy.
     d_scale = inv_std * (sum_dz_x - mean * sum_dz)
     centered = x32 - mean
     gain = scale * inv_std
@@ -111,5 +117,6 @@ class BatchNorm(nn.Module):
         y, mean, var = batch_norm_train(x, scale, bias, residual, relu, self.epsilon)
         if not self.is_initializing():
             running_mean.value = self.momentum * running_mean.value + (1 - self.momentum) * mean
-            running_var.value = self.momentum * running_var.value + (1 - self.momentum) * var
+            unbiased = var * (_count(x) / max(_count(x) - 1, 1))
+            running_var.value = self.momentum * running_var.value + (1 - self.momentum) * unbiased
         return y

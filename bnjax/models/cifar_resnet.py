@@ -54,4 +54,4 @@ class CifarResNet(nn.Module):
         fan_in = x.shape[-1]
         x = nn.Dense(self.num_classes, kernel_init=kaiming_normal,
                      bias_init=TorchBias(fan_in), dtype=self.dtype, name="fc")(x)
-        return x.astype(jnp.float32)
+        return x.astype(jnp.promote_types(x.dtype, jnp.float32))  # float32 logits from bf16

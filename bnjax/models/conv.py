@@ -30,8 +30,8 @@ def conv(x, kernel, strides, padding):
 
 def weight_grad_by_matmuls(x, dy, kernel_shape, strides, padding):
     """d(conv(x, w))/dw contracted with dy: for each tap (i, j), slice(x)^T @ dy, accumulated
-    and returned in float32 whatever the inputs' dtype (a bfloat16 sum over batch x space
-    would lose most of its digits)."""
+    and returned in float32 (or the inputs' dtype where it is wider): a bfloat16 sum over
+    batch x space would lose most of its digits."""
     kernel_h, kernel_w, in_features, out_features = kernel_shape
     batch, out_h, out_w, _ = dy.shape
     stride_h, stride_w = strides
@@ -46,7 +46,8 @@ def weight_grad_by_matmuls(x, dy, kernel_shape, strides, padding):
                             (1, stride_h, stride_w, 1))
             taps.append(lax.dot_general(tap.reshape(-1, in_features), dy,
                                         (((0,), (0,)), ((), ())),
-                                        preferred_element_type=jnp.float32))
+                                        preferred_element_type=jnp.promote_types(
+                                            x.dtype, jnp.float32)))
     return jnp.stack(taps).reshape(kernel_shape)
 
 

@@ -83,4 +83,4 @@ class ImagenetResNet(nn.Module):
         x = jnp.mean(x, axis=(1, 2))
         x = nn.Dense(self.num_classes, kernel_init=kaiming_normal,
                      bias_init=TorchBias(x.shape[-1]), dtype=self.dtype, name="fc")(x)
-        return x.astype(jnp.float32)
+        return x.astype(jnp.promote_types(x.dtype, jnp.float32))  # float32 logits from bf16
