@@ -182,7 +182,7 @@ def test_calls_group_steps_up_to_boundaries():
     assert [s for s, _, _ in steps_of(0, 5, 1, lambda done: False)] == [[0], [1], [2], [3], [4]]
 
 
-@pytest.mark.parametrize("items", [3, 1000])
+@pytest.mark.parametrize("items", [2, 1000])
 def test_prefetch_thread_ends_when_its_consumer_stops_early(items):
     """Whether the source is exhausted (the thread waits to hand over its end marker) or not."""
     import threading

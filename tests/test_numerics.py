@@ -58,15 +58,17 @@ def test_sgd_updates_equal_the_closed_form(momentum, weight_decay, nesterov):
 
 
 def test_a_tiny_bn_only_training_learns_the_fixture(tiny_config, tmp_path):
-    """The generated folder's classes differ by colour: BatchNorm alone must learn them."""
+    """The generated folder's classes differ by colour: BatchNorm alone must learn them (width
+    8 and 24 steps: seeds 0-4 all reached 100% test accuracy, width 4 stalled on one)."""
     from bnjax.train import train_and_evaluate
 
-    tiny_config.train.epochs, tiny_config.train.lr_milestones = 6, (4,)
+    tiny_config.model.name = "cifar_resnet_8_8"
+    tiny_config.train.epochs, tiny_config.train.lr_milestones = 8, (6,)
     tiny_config.log.every_steps = 50
     metrics = train_and_evaluate(tiny_config, str(tmp_path / "run"))
     assert metrics["test_accuracy"] >= 0.9  # chance is 1/3
     losses = [entry["train_loss"] for entry in metrics["history"]]
-    assert losses[-1] < 0.75 * losses[0]
+    assert losses[-1] < 0.5 * losses[0]
 
 
 # --- against the PyTorch original (tests/fixtures/make_torch_reference.py) -------------------
