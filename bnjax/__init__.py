@@ -1,5 +1,6 @@
-"""bnjax: training BatchNorm and only BatchNorm, in JAX/Flax."""
-from bnjax.xla_flags import apply_defaults as _apply_xla_defaults
+"""bnjax: training BatchNorm and only BatchNorm, in JAX/Flax.
 
-# Before any JAX backend exists: XLA reads XLA_FLAGS once, when it starts.
-_apply_xla_defaults()
+Importing bnjax changes nothing in the process. bnjax's own commands set XLA:CPU options that
+make its steps faster (bnjax.xla_flags); a library user who wants the same calls
+`bnjax.xla_flags.apply_defaults()` before JAX starts a backend.
+"""

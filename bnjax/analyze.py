@@ -108,13 +108,13 @@ def zero_smallest_gammas(params, fraction: float):
 
 
 def analyze(trained, data_source: str | None = None) -> dict:
-    """All analyses of one trained model (bnjax.export.Trained) on its test split."""
+    """All analyses of one trained model (bnjax.trained.TrainedModel) on its test split."""
     config = trained.config
     if data_source:
         config.data.source = data_source
     _, test = data_lib.load_splits(
         config.data, parse_name(config.model.name).image_size, config.seed)
-    params = partition.merge(jax.device_get(trained.state.trainable), trained.frozen)
+    params = partition.merge(jax.device_get(trained.state.trainable), trained.setup.frozen)
     batch_stats = jax.device_get(trained.state.batch_stats)
     model = trained.setup.model
     mesh = make_mesh()

@@ -50,12 +50,12 @@ def run_bench(config, warmup: int = 3, steps: int = 20) -> dict:
     rng = np.random.default_rng(0)
     data = Dataset(rng.integers(0, 256, (50_000,) + image_shape, dtype=np.uint8),
                    rng.integers(0, 10, 50_000).astype(np.int32), tuple(range(10)))
-    setup, state, frozen = initialize(config, 10, image_shape, data.images.shape[0] // batch)
+    setup, state = initialize(config, 10, image_shape, data.images.shape[0] // batch)
     mesh = make_mesh()
-    state, frozen = replicate((state, frozen), mesh)
+    state, frozen = replicate((state, setup.frozen), mesh)
     key = replicate(augment_key(config.seed), mesh)
     per_call = config.train.steps_per_call
-    train_step = make_train_step(setup.model, setup.optimizer, setup.labels, setup.schedule,
+    train_step = make_train_step(setup.model, setup.optimizer, setup.param_labels, setup.schedule,
                                  steps_per_call=per_call)
     if per_call == 1:
         images, targets = shard_batch((data.images[:batch], data.labels[:batch]), mesh)

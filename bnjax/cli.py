@@ -1,30 +1,25 @@
-"""The `bnjax` command: parses flags and dispatches; the work lives in the modules below it.
+"""The `bnjax` command: one subcommand per task, each with its own flags; the work lives in the
+modules below it.
 
-    bnjax train       --config=configs/cifar10.py --workdir=DIR [--config.FIELD=VALUE ...]
-                      [--multi_process | --coordinator_address=H:P --num_processes=N
-                       --process_id=I]
-    bnjax summary     --config=configs/cifar10.py[:MODEL]
-    bnjax export      --workdir=DIR --out=FILE [--step=N]
-    bnjax eval        --export=FILE [--data_source=PATH]
-    bnjax materialize --export=FILE --out=DIR
-    bnjax sweep       --config=... --grid='train.mode=bn,output;seed=0,1' --workdir=ROOT
-                      [--launcher=local|print]
-    bnjax aggregate   --workdir=ROOT
-    bnjax analyze     --workdir=DIR[,DIR2,...] | --export=FILE[,FILE2] --out=DIR
-    bnjax bench       --config=configs/cifar10.py[:MODEL] [--config.FIELD=VALUE ...]
-
-Wrong input (a bad flag, config field, dataset or file) prints one clear line and exits with
-status 2; a run that cannot go on (a non-finite loss, a failed save) exits with 3; a run stopped
-by SIGTERM/SIGINT saves a checkpoint and exits with 128 + the signal number.
+Flags are absl flags and experiments are ml_collections config files with --config.FIELD=VALUE
+overrides, as across the JAX ecosystem. `bnjax --help` lists the commands, `bnjax COMMAND --help`
+shows one command's flags; a flag another command owns is refused. Wrong input (a bad flag,
+config field, dataset or file) prints one clear line and exits with status 2; a run that cannot
+go on (a non-finite loss, a failed save) exits with 3; a run stopped by SIGTERM/SIGINT saves a
+checkpoint and exits with 128 + the signal number.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
+import textwrap
+from typing import Callable
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from bnjax import xla_flags
 from bnjax.errors import BnjaxError
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -32,38 +27,44 @@ _CONFIG = config_flags.DEFINE_config_file(
     "configs/cifar10.py:cifar_resnet_110; override any field with --config.FIELD=VALUE.",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder: logs, TensorBoard, checkpoints, "
-                                "metrics.json. Training there again resumes the run.")
-_EXPORT = flags.DEFINE_string("export", None, "An export file made by `bnjax export`.")
-_OUT = flags.DEFINE_string("out", None, "Where `export` writes its file / `materialize` its "
-                           "folder.")
+                               "metrics.json. Training there again resumes the run.")
+_EXPORT = flags.DEFINE_string("export", None, "An export file made by `bnjax export` (analyze: "
+                              "several, comma-separated).")
+_OUT = flags.DEFINE_string("out", None, "Where the command writes its file or folder.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step to export (default: the latest).")
 _DATA_SOURCE = flags.DEFINE_string("data_source", None, "Evaluate on this data source instead "
-                                   "of the one recorded in the export.")
-_OVERWRITE = flags.DEFINE_bool("overwrite", False, "train: set a run already in --workdir aside "
+                                   "of the one recorded in the run.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Set a run already in --workdir aside "
                                "(renamed to <workdir>.replaced-<time>) and start over.")
-_BRANCH = flags.DEFINE_bool("branch", False, "train: continue the latest checkpoint in "
-                            "--workdir although the config changed (e.g. a lower lr).")
-_GRID = flags.DEFINE_string("grid", None, "Sweep grid: FIELD=V1,V2;FIELD=V1,... "
-                            "(tuples as 2/3).")
-_LAUNCHER = flags.DEFINE_enum("launcher", "local", ["local", "print"], "Sweep: run the points "
-                              "here one after another, or print their commands.")
+_BRANCH = flags.DEFINE_bool("branch", False, "Continue the latest checkpoint in --workdir "
+                            "although the config changed (e.g. a lower lr).")
 _STOP_AT_STEP = flags.DEFINE_integer("stop_at_step", None, "Save a checkpoint after this "
                                      "global step (or the end of the train.steps_per_call call "
-                                     "that reaches it) and exit; rerun to continue (for "
-                                     "time-limited job slots).")
-
-_MULTI_PROCESS = flags.DEFINE_bool("multi_process", False, "train: one of several processes "
-                                   "(one per host) that JAX finds itself: a TPU pod slice, a "
-                                   "Slurm job step, an MPI launch.")
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "train, multi-process: host:port "
-                                   "of process 0, naming the processes explicitly.")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "train, multi-process: how many "
+                                     "that reaches it) and exit 0; rerun to continue.")
+_GRID = flags.DEFINE_string("grid", None, "FIELD=V1,V2;FIELD=V1,... (tuples as 2/3).")
+_LAUNCHER = flags.DEFINE_enum("launcher", "local", ["local", "print"], "Run the points here "
+                              "one after another, or print their commands.")
+_MULTI_PROCESS = flags.DEFINE_bool("multi_process", False, "One of several processes (one per "
+                                   "host) that JAX finds itself: a TPU pod slice, a Slurm job "
+                                   "step, an MPI launch.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "Multi-process: host:port of "
+                                   "process 0, naming the processes explicitly.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-process: how many "
                                       "processes (one per host).")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "train, multi-process: this process's "
-                                   "number, 0 .. num_processes - 1.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-process: this process's number, "
+                                   "0 .. num_processes - 1.")
 
-USAGE = __doc__.split("\n\n")[1]
 EXIT_USAGE = 2
+_CONFIG_FIELDS_NOTE = ("Every config field is a flag --config.FIELD=VALUE; "
+                       "`bnjax config --config=FILE` lists them with their values and meanings.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+    run: Callable[[], None]
+    summary: str  # one line, for `bnjax --help`
+    flags: tuple[str, ...]  # the absl flags it takes; 'config' includes --config.FIELD
+    example: str
 
 
 def _fail(message: str, status: int = EXIT_USAGE) -> None:
@@ -103,34 +104,42 @@ def cmd_train() -> None:
         sys.exit(128 + stop.signum if stop.signum else 0)
 
 
-def cmd_export() -> None:
-    from bnjax import export
+def cmd_config() -> None:
+    from bnjax import config as config_lib
 
-    workdir = _require_flag(_WORKDIR.value, "workdir", "--workdir=runs/resnet20_bn")
-    out = _require_flag(_OUT.value, "out", "--out=resnet20_bn.bnjax")
-    result = export.export_from_workdir(workdir, out, _STEP.value)
-    print(f"wrote {out}: step {result['step']}, {result['bytes']:,} bytes")
-
-
-def cmd_eval() -> None:
-    from bnjax import export
-
-    path = _require_flag(_EXPORT.value, "export", "--export=resnet20_bn.bnjax")
-    print(json.dumps(export.evaluate_export(path, _DATA_SOURCE.value)))
-
-
-def cmd_materialize() -> None:
-    from bnjax import export
-
-    path = _require_flag(_EXPORT.value, "export", "--export=resnet20_bn.bnjax")
-    out = _require_flag(_OUT.value, "out", "--out=resnet20_bn_full")
-    print(f"wrote every weight to {export.materialize(path, out)}")
+    config = _config()
+    config_lib.validate(config)
+    print(config_lib.describe_fields(config))
 
 
 def cmd_summary() -> None:
     from bnjax import summary
 
     print(summary.render(_config()))
+
+
+def cmd_export() -> None:
+    from bnjax import trained
+
+    workdir = _require_flag(_WORKDIR.value, "workdir", "--workdir=runs/resnet20_bn")
+    out = _require_flag(_OUT.value, "out", "--out=resnet20_bn.bnjax")
+    result = trained.export_workdir(workdir, out, _STEP.value)
+    print(f"wrote {out}: step {result['step']}, {result['bytes']:,} bytes")
+
+
+def cmd_eval() -> None:
+    from bnjax import trained
+
+    path = _require_flag(_EXPORT.value, "export", "--export=resnet20_bn.bnjax")
+    print(json.dumps(trained.evaluate_export(path, _DATA_SOURCE.value)))
+
+
+def cmd_materialize() -> None:
+    from bnjax import trained
+
+    path = _require_flag(_EXPORT.value, "export", "--export=resnet20_bn.bnjax")
+    out = _require_flag(_OUT.value, "out", "--out=resnet20_bn_full")
+    print(f"wrote every weight to {trained.materialize(path, out)}")
 
 
 def cmd_sweep() -> None:
@@ -154,15 +163,15 @@ def cmd_aggregate() -> None:
 
 
 def cmd_analyze() -> None:
-    from bnjax import analyze, export
+    from bnjax import analyze, trained
 
     if bool(_WORKDIR.value) == bool(_EXPORT.value):
         _fail("give --workdir=DIR[,DIR2] or --export=FILE[,FILE2] (one of them)")
     out = _require_flag(_OUT.value, "out", "--out=analysis")
     if _WORKDIR.value:
-        models = [export.load_from_workdir(w) for w in _WORKDIR.value.split(",")]
+        models = [trained.from_workdir(w) for w in _WORKDIR.value.split(",")]
     else:
-        models = [export.load_export(e) for e in _EXPORT.value.split(",")]
+        models = [trained.from_export(e) for e in _EXPORT.value.split(",")]
     results = [analyze.analyze(m, _DATA_SOURCE.value) for m in models]
     analyze.write_outputs(results, out)
     print(analyze.report(results), end="")
@@ -178,16 +187,99 @@ def cmd_bench() -> None:
     print(bench.render(bench.run_bench(config)))
 
 
-COMMANDS = {"train": cmd_train, "summary": cmd_summary, "export": cmd_export, "eval": cmd_eval,
-            "materialize": cmd_materialize, "sweep": cmd_sweep, "aggregate": cmd_aggregate,
-            "analyze": cmd_analyze, "bench": cmd_bench}
+_MULTI = ("multi_process", "coordinator_address", "num_processes", "process_id")
+COMMANDS = {
+    "train": Command(
+        cmd_train, "train (or resume) a run in --workdir",
+        ("config", "workdir", "overwrite", "branch", "stop_at_step") + _MULTI,
+        "bnjax train --config=configs/cifar10.py:cifar_resnet_14 --workdir=runs/r14_bn "
+        "--config.data.source=../shared/data/cifar10-jpeg.tar.gz"),
+    "config": Command(
+        cmd_config, "print every config field with its value and meaning", ("config",),
+        "bnjax config --config=configs/cifar10.py:cifar_resnet_110 --config.train.mode=all"),
+    "summary": Command(
+        cmd_summary, "parameter counts of a model, trainable per training mode", ("config",),
+        "bnjax summary --config=configs/cifar10.py:cifar_resnet_110"),
+    "export": Command(
+        cmd_export, "write a run's seed-plus-BN file (a few kilobytes)",
+        ("workdir", "out", "step"),
+        "bnjax export --workdir=runs/r14_bn --out=r14_bn.bnjax"),
+    "eval": Command(
+        cmd_eval, "test loss and accuracy of an export, weights regenerated from its seed",
+        ("export", "data_source"),
+        "bnjax eval --export=r14_bn.bnjax --data_source=../shared/data/cifar10-jpeg.tar.gz"),
+    "materialize": Command(
+        cmd_materialize, "write every weight of an export as an Orbax checkpoint",
+        ("export", "out"), "bnjax materialize --export=r14_bn.bnjax --out=r14_bn_full"),
+    "sweep": Command(
+        cmd_sweep, "run (or print) a grid of runs over any config fields, then aggregate",
+        ("config", "workdir", "grid", "launcher"),
+        "bnjax sweep --config=configs/cifar10.py --grid='train.mode=bn,all;seed=0,1' "
+        "--workdir=runs/sweep1 --launcher=print"),
+    "aggregate": Command(
+        cmd_aggregate, "collect a sweep's metrics into a table and a plot", ("workdir",),
+        "bnjax aggregate --workdir=runs/sweep1"),
+    "analyze": Command(
+        cmd_analyze, "gamma histograms, disabled channels and the gamma-zeroing ablation",
+        ("workdir", "export", "out", "data_source"),
+        "bnjax analyze --export=r14_bn.bnjax --out=analysis_r14 "
+        "--data_source=../shared/data/cifar10-jpeg.tar.gz"),
+    "bench": Command(
+        cmd_bench, "train, eval and input-pipeline images/s of a config on this machine",
+        ("config",), "bnjax bench --config=configs/cifar10.py:cifar_resnet_20"),
+}
+
+
+def _wrap(text: str, indent: str) -> str:
+    return textwrap.fill(text, 96, initial_indent=indent, subsequent_indent=indent)
+
+
+def overview() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: bnjax COMMAND [--flag=value ...]", "", "commands:"]
+    lines += [f"  {name.ljust(width)}  {command.summary}" for name, command in COMMANDS.items()]
+    lines += ["", "`bnjax COMMAND --help` shows a command's flags and an example."]
+    return "\n".join(lines)
+
+
+def command_help(name: str) -> str:
+    command = COMMANDS[name]
+    lines = [f"bnjax {name}: {command.summary}", "", "flags:"]
+    for flag in command.flags:
+        holder = flags.FLAGS[flag]
+        default = "" if holder.default is None or flag == "config" else \
+            f" (default: {holder.default})"
+        lines += [f"  --{flag}{default}", _wrap(holder.help, "      ")]
+    if "config" in command.flags:
+        lines += ["", _wrap(_CONFIG_FIELDS_NOTE, "")]
+    if name == "train":
+        lines += ["", _wrap("Multi-process flags apply only to runs of several processes; a "
+                            "single process drives every local accelerator by itself.", "")]
+    lines += ["", "example:", f"  {command.example}"]
+    return "\n".join(lines)
+
+
+def _refuse_foreign(name: str, foreign: list[str]) -> None:
+    if foreign:
+        owned = COMMANDS[name].flags
+        _fail(f"`bnjax {name}` does not take {', '.join(foreign)}; it takes: "
+              + " ".join(f"--{flag}" for flag in owned)
+              + (" --config.FIELD=VALUE" if "config" in owned else ""))
+
+
+def _foreign_flags(name: str) -> list[str]:
+    """bnjax flags given on the command line that `name` does not take (after parsing)."""
+    owned = set(COMMANDS[name].flags)
+    bnjax_flags = {flag.name for flag in flags.FLAGS.get_flags_for_module(sys.modules[__name__])}
+    given = [flag for flag in bnjax_flags | {"config"} if flags.FLAGS[flag].present]
+    return sorted(f"--{flag}" for flag in given if flag not in owned)
 
 
 def parse_flags(argv):
     try:
         return flags.FLAGS(argv)
     except flags.Error as error:
-        _fail(f"{error}\n(see `bnjax --helpfull` for every flag)")
+        _fail(f"{error}\n(see `bnjax {argv[1] if len(argv) > 1 else ''} --help`)")
     except (AttributeError, KeyError) as error:  # config_flags: a --config.FIELD that isn't one
         overrides = [a.split("=")[0] for a in argv if a.startswith("--config.")]
         text = str(error)
@@ -196,17 +288,30 @@ def parse_flags(argv):
 
 
 def main(argv) -> None:
-    if len(argv) != 2 or argv[1] not in COMMANDS:
-        _fail(f"expected one command of {', '.join(COMMANDS)}; usage:\n{USAGE}")
+    name = argv[1]
+    _refuse_foreign(name, _foreign_flags(name))
     logging.set_verbosity(logging.INFO)
     from bnjax.metrics import quiet_library_logs
 
     quiet_library_logs()
     try:
-        COMMANDS[argv[1]]()
+        COMMANDS[name].run()
     except BnjaxError as error:
         _fail(str(error), error.exit_status)
 
 
-def run() -> None:
-    app.run(main, flags_parser=parse_flags)
+def run(argv=None) -> None:
+    argv = list(sys.argv if argv is None else argv)
+    if len(argv) < 2 or argv[1] in ("-h", "--help", "--helpfull", "help"):
+        print(overview())
+        sys.exit(0 if len(argv) >= 2 else EXIT_USAGE)
+    if argv[1] not in COMMANDS:
+        _fail(f"unknown command '{argv[1]}'\n{overview()}")
+    if any(arg in ("-h", "--help", "--helpfull", "--helpshort") for arg in argv[2:]):
+        print(command_help(argv[1]))
+        sys.exit(0)
+    if "config" not in COMMANDS[argv[1]].flags:  # absl would not know these flags at all
+        _refuse_foreign(argv[1], sorted({arg.split("=")[0] for arg in argv
+                                         if arg.startswith("--config")}))
+    xla_flags.apply_defaults()  # before JAX starts a backend: XLA reads XLA_FLAGS once
+    app.run(main, argv=argv, flags_parser=parse_flags)

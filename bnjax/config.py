@@ -22,41 +22,39 @@ DTYPES = ("float32", "bfloat16")
 
 
 def base_config() -> ml_collections.ConfigDict:
-    """The schema and the paper's CIFAR-10 recipe (open_lth defaults)."""
+    """The schema and the paper's CIFAR-10 recipe (open_lth defaults); FIELD_HELP says what
+    each field means."""
     config = ml_collections.ConfigDict()
-    config.seed = 0  # the frozen weights, the BN init and the data order are all functions of it
+    config.seed = 0
 
     config.model = ml_collections.ConfigDict()
-    config.model.name = "cifar_resnet_20"  # open_lth names: cifar_resnet_D[_W]
-    config.model.bn_init = "uniform"  # gamma ~ U[0,1), beta = 0
-    config.model.dtype = "float32"  # compute dtype; parameters and BN statistics stay float32
+    config.model.name = "cifar_resnet_20"
+    config.model.bn_init = "uniform"
+    config.model.dtype = "float32"
 
     config.data = ml_collections.ConfigDict()
-    # A tensorflow-datasets name (cifar10, cifar100) or a path to an image folder / .tar(.gz).
     config.data.source = "cifar10"
-    config.data.tfds_data_dir = ""  # tfds data_dir; '' means tfds' default (~/tensorflow_datasets)
-    config.data.tfds_manual_dir = ""  # where tfds finds manually downloaded files (ImageNet)
-    config.data.tfds_download = True  # let tfds download and prepare the set if it is missing
-    config.data.cache_dir = ""  # decoded uint8 cache for image folders; '' = ~/.cache/bnjax
-    config.data.skip_corrupt = False  # skip (and count) unreadable images instead of stopping
-    config.data.decode_threads = 16  # host threads decoding a streamed (ImageNet) split
+    config.data.tfds_data_dir = ""
+    config.data.tfds_manual_dir = ""
+    config.data.tfds_download = True
+    config.data.cache_dir = ""
+    config.data.skip_corrupt = False
+    config.data.decode_threads = 16
     config.data.train_split = "train"
     config.data.eval_split = "test"
 
     config.train = ml_collections.ConfigDict()
-    config.train.mode = "bn"  # which parameters learn; see bnjax.partition.MODE_ROLES
-    config.train.random_k = 2  # mode random_k: elements trained per conv output channel
+    config.train.mode = "bn"
+    config.train.random_k = 2
     config.train.epochs = 160
     config.train.batch_size = 128
     config.train.lr = 0.1
     config.train.momentum = 0.9
     config.train.nesterov = False
-    config.train.weight_decay = 1e-4  # on trainable parameters only, gamma and beta included
-    config.train.lr_milestones = (80, 120)  # epochs (may be fractional) at which lr *= lr_drop
+    config.train.weight_decay = 1e-4
+    config.train.lr_milestones = (80, 120)
     config.train.lr_drop = 0.1
-    config.train.warmup_epochs = 0  # linear warm-up from 0 (the ImageNet recipe uses 5)
-    # Train steps per compiled call (a lax.scan): >1 saves per-step dispatch where steps are
-    # short (small models on GPU/TPU). Log, epoch and checkpoint steps still fall where they would.
+    config.train.warmup_epochs = 0
     config.train.steps_per_call = 1
 
     config.eval = ml_collections.ConfigDict()
@@ -65,13 +63,69 @@ def base_config() -> ml_collections.ConfigDict:
 
     config.log = ml_collections.ConfigDict()
     config.log.every_steps = 50
+    config.log.profile_steps = ()
 
     config.checkpoint = ml_collections.ConfigDict()
-    config.checkpoint.every_epochs = 1  # also saved at the end and on SIGTERM/SIGINT
-    config.checkpoint.every_steps = 0  # 0: only at epoch ends (every_epochs)
+    config.checkpoint.every_epochs = 1
+    config.checkpoint.every_steps = 0
     config.checkpoint.keep_last = 2
-    config.checkpoint.keep_best = 1  # by test accuracy; 0 keeps only the last ones
+    config.checkpoint.keep_best = 1
     return config
+
+
+FIELD_HELP = {
+    "seed": "the frozen weights, the BN init, the data order and the augmentation all follow it",
+    "model.name": "open_lth names: cifar_resnet_D (D = 6n+2), cifar_resnet_D_W (first-stage "
+                  "width W), imagenet_resnet_D (18, 34, 50, 101, 152, 200)",
+    "model.bn_init": "gamma and beta at init: uniform (gamma ~ U[0,1), beta 0), fixed (1, 0), "
+                     "oneone (1, 1), positivenegative (U[-1,1), 0)",
+    "model.dtype": "compute dtype, float32 or bfloat16; parameters, BatchNorm statistics and "
+                   "the optimizer stay float32",
+    "data.source": "a tensorflow-datasets name (cifar10, cifar100, imagenet2012) or a path to "
+                   "an image folder or .tar/.tar.gz of <split>/<class>/<image> files",
+    "data.tfds_data_dir": "tensorflow-datasets data_dir; '' = tfds' default "
+                          "(~/tensorflow_datasets)",
+    "data.tfds_manual_dir": "where tensorflow-datasets finds manually downloaded files "
+                            "(ImageNet's tars)",
+    "data.tfds_download": "let tensorflow-datasets download and prepare a missing set",
+    "data.cache_dir": "decoded uint8 cache of image folders; '' = ~/.cache/bnjax",
+    "data.skip_corrupt": "skip (and count) unreadable images instead of stopping",
+    "data.decode_threads": "host threads decoding a streamed split (ImageNet)",
+    "data.train_split": "the split trained on",
+    "data.eval_split": "the split evaluated after each epoch",
+    "train.mode": "which parameters learn: " + ", ".join(MODES) + " (bnjax summary counts them)",
+    "train.random_k": "mode random_k: elements trained per convolution output channel",
+    "train.epochs": "epochs of floor(N / batch_size) steps",
+    "train.batch_size": "global batch, split across every device and process",
+    "train.lr": "peak learning rate of SGD",
+    "train.momentum": "SGD momentum (PyTorch's convention); 0 for plain SGD",
+    "train.nesterov": "Nesterov momentum (needs momentum > 0)",
+    "train.weight_decay": "L2 decay added to the gradients of trainable parameters only",
+    "train.lr_milestones": "epochs (may be fractional) at which lr is multiplied by lr_drop",
+    "train.lr_drop": "factor applied at each milestone",
+    "train.warmup_epochs": "linear warm-up from 0 over this many epochs (ImageNet: 5)",
+    "train.steps_per_call": "train steps per compiled call (a lax.scan); >1 saves dispatch "
+                            "for short steps; a scan rounds differently from single steps",
+    "eval.batch_size": "evaluation batch",
+    "eval.every_epochs": "evaluate every this many epochs (and after the last)",
+    "log.every_steps": "a train_log.jsonl line, TensorBoard scalars and a progress line every "
+                       "this many steps (and at every epoch's end)",
+    "log.profile_steps": "(first, last) global steps to trace with jax.profiler into "
+                         "<workdir>/profile (TensorBoard's profile tab or Perfetto); () = off",
+    "checkpoint.every_epochs": "save every this many epochs (also at the end and on "
+                               "SIGTERM/SIGINT)",
+    "checkpoint.every_steps": "also save every this many steps; 0 = only at epoch ends",
+    "checkpoint.keep_last": "the newest checkpoints kept",
+    "checkpoint.keep_best": "also keep this many best by test accuracy; 0 = none",
+}
+
+
+def describe_fields(config) -> str:
+    """Every field of `config`: name, value and meaning, one per line."""
+    rows = [(name, repr(value), FIELD_HELP.get(name, "")) for name, value in flat_fields(config)]
+    width = max(len(name) + len(value) for name, value, _ in rows) + 3
+    return "\n".join(f"{name} = {value}".ljust(width) + f"  # {meaning}"
+                     for name, value, meaning in rows)
 
 
 def from_dict(saved: dict) -> ml_collections.ConfigDict:
@@ -183,6 +237,11 @@ def validate(config) -> None:
              "eval.every_epochs", config.eval.every_epochs, "a positive integer")
     _require(isinstance(config.log.every_steps, int) and config.log.every_steps >= 1,
              "log.every_steps", config.log.every_steps, "a positive integer")
+    profile = tuple(config.log.profile_steps)
+    _require(profile == () or (len(profile) == 2 and all(isinstance(v, int) for v in profile)
+                               and 1 <= profile[0] <= profile[1]),
+             "log.profile_steps", config.log.profile_steps,
+             "() or (first, last) global steps with 1 <= first <= last, e.g. (100, 110)")
 
     for field, lowest in (("every_epochs", 1), ("every_steps", 0), ("keep_last", 1),
                           ("keep_best", 0)):

@@ -68,9 +68,9 @@ def param_labels(params, mode: str) -> dict:
     return unflatten({p: TRAINABLE if role_of(p) in roles else FROZEN for p in flatten(params)})
 
 
-def split(params, labels) -> tuple[dict, dict]:
+def split(params, param_labels) -> tuple[dict, dict]:
     """(trainable subtree, frozen subtree): two nested dicts holding disjoint leaves."""
-    flat_labels = flatten(labels)
+    flat_labels = flatten(param_labels)
     trainable, frozen = {}, {}
     for path, value in flatten(params).items():
         (trainable if flat_labels[path] == TRAINABLE else frozen)[path] = value

@@ -68,7 +68,8 @@ def mask_updates(masks) -> optax.GradientTransformation:
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
 
 
-def make_optimizer(train_config, labels, schedule, masks=None) -> optax.GradientTransformation:
+def make_optimizer(train_config, param_labels, schedule,
+                   masks=None) -> optax.GradientTransformation:
     """SGD with momentum and weight decay on trainable leaves; frozen leaves get nothing.
 
     optax.multi_transform keeps optimizer state only for the 'trainable' partition. With
@@ -81,14 +82,16 @@ def make_optimizer(train_config, labels, schedule, masks=None) -> optax.Gradient
         *([mask_updates(masks)] if masks is not None else []),
     )
     return optax.multi_transform(
-        {partition.TRAINABLE: learner, partition.FROZEN: optax.set_to_zero()}, labels)
+        {partition.TRAINABLE: learner, partition.FROZEN: optax.set_to_zero()}, param_labels)
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelSetup:
-    """The model of a config and how its parameters are partitioned and optimized."""
+    """The model of a config, its frozen weights, and how its parameters are partitioned and
+    optimized: everything about a run's model that training does not change."""
     model: object
-    labels: dict
+    frozen: dict  # the frozen parameter leaves, regenerated from the seed
+    param_labels: dict  # a tree like the params: 'trainable' or 'frozen' (optax.multi_transform)
     schedule: optax.Schedule
     optimizer: optax.GradientTransformation
     masks: dict | None  # random_k's per-element masks over the trainable leaves
@@ -100,26 +103,26 @@ class ModelSetup:
 
 def initialize(config, num_classes: int, image_shape, steps_per_epoch: int,
                frozen_init: str = initial_weights.CURRENT):
-    """(setup, initial TrainState, frozen weights) for `config`, all from config.seed."""
+    """(setup, initial TrainState) for `config`, all from config.seed."""
     model = build_model(config.model, num_classes)
     variables = initial_weights.initial_variables(model, config.seed, image_shape, frozen_init)
     params = variables["params"]
     mode = config.train.mode
-    labels = partition.param_labels(params, mode)
-    trainable, frozen = partition.split(params, labels)
+    param_labels = partition.param_labels(params, mode)
+    trainable, frozen = partition.split(params, param_labels)
     masks = None
     if mode in partition.MASKED_MODES:
         masks = initial_weights.random_k_masks(trainable, config.train.random_k, config.seed,
                                                frozen_init)
     schedule = learning_rate_schedule(config.train, steps_per_epoch)
-    optimizer = make_optimizer(config.train, labels, schedule, masks)
+    optimizer = make_optimizer(config.train, param_labels, schedule, masks)
     state = TrainState(step=jnp.asarray(0, jnp.int32), trainable=trainable,
                        batch_stats=variables.get("batch_stats", {}),
                        opt_state=optimizer.init(params))
-    setup = ModelSetup(model, labels, schedule, optimizer, masks,
+    setup = ModelSetup(model, frozen, param_labels, schedule, optimizer, masks,
                        total_params=partition.count(params),
                        trainable_params=partition.trainable_count(trainable, mode,
                                                                   config.train.random_k),
                        frozen_checksum=weights_checksum({"frozen": frozen, "masks": masks or {}}),
                        frozen_init=frozen_init)
-    return setup, state, frozen
+    return setup, state

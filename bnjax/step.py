@@ -63,7 +63,7 @@ def _cross_entropy(logits, targets):
     return optax.softmax_cross_entropy_with_integer_labels(logits, targets)
 
 
-def make_train_step(model, optimizer, labels, schedule, augment_on_device: bool = True,
+def make_train_step(model, optimizer, param_labels, schedule, augment_on_device: bool = True,
                     steps_per_call: int = 1):
     """train_step(state, frozen, images_uint8, targets, augment_key) -> (state, metrics).
 
@@ -90,7 +90,7 @@ def make_train_step(model, optimizer, labels, schedule, augment_on_device: bool 
         params = partition.merge(state.trainable, frozen)
         all_grads = partition.merge(grads, jax.tree.map(jnp.zeros_like, frozen))
         updates, opt_state = optimizer.update(all_grads, state.opt_state, params)
-        trainable_updates, _ = partition.split(updates, labels)
+        trainable_updates, _ = partition.split(updates, param_labels)
         new_state = state.replace(step=state.step + 1,
                                   trainable=optax.apply_updates(state.trainable, trainable_updates),
                                   batch_stats=batch_stats, opt_state=opt_state)

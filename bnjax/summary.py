@@ -38,3 +38,16 @@ def render(config) -> str:
         marker = "  <- configured" if mode == config.train.mode else ""
         lines.append(f"  {mode:<20} {n:>13,}  ({100.0 * n / result['total']:.3f}%){marker}")
     return "\n".join(lines)
+
+
+def parameter_table(params, param_labels) -> str:
+    """One line per parameter leaf: path, shape, role, and whether it trains or stays frozen."""
+    labels = partition.flatten(param_labels)
+    rows = [(path, "x".join(map(str, leaf.shape)), partition.role_of(path), labels[path])
+            for path, leaf in sorted(partition.flatten(params).items())]
+    widths = [max(len(row[i]) for row in rows + [("parameter", "shape", "role", "")])
+              for i in range(3)]
+    header = ("parameter".ljust(widths[0]), "shape".ljust(widths[1]), "role".ljust(widths[2]))
+    return "\n".join(["  ".join(header) + "  learns"] +
+                     ["  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths))
+                      + f"  {row[3]}" for row in rows])

@@ -15,7 +15,7 @@ from absl import logging
 
 from bnjax import config as config_lib
 from bnjax import data as data_lib
-from bnjax import checkpoint, distributed, initial_weights, runinfo
+from bnjax import checkpoint, distributed, initial_weights, partition, runinfo, summary
 from bnjax import workdir as workdir_lib
 from bnjax.data.batches import steps_per_epoch as count_steps_per_epoch
 from bnjax.data.batches import group_into_calls, prefetch, train_batches
@@ -59,11 +59,11 @@ def build_run(config, frozen_init: str = initial_weights.CURRENT):
     if per_epoch == 0:
         raise DataError(f"the training split has {len(train_data)} examples, fewer than "
                         f"train.batch_size = {config.train.batch_size}; lower the batch size")
-    setup, state, frozen = initialize(config, train_data.num_classes,
-                                      train_data.image_shape, per_epoch, frozen_init)
+    setup, state = initialize(config, train_data.num_classes, train_data.image_shape, per_epoch,
+                              frozen_init)
     run = Run(config=config, setup=setup, train_data=train_data, eval_data=eval_data,
               schedule=Schedule.from_config(config, per_epoch))
-    return run, state, frozen
+    return run, state
 
 
 class Interrupted(Exception):
@@ -144,7 +144,7 @@ def train_and_evaluate(config, workdir: str, stop_at_step: int | None = None,
     although the config changed (the frozen weights must still match).
     """
     # validation and data: nothing is written before
-    run, state, frozen = build_run(config, _frozen_init_to_continue(workdir, overwrite))
+    run, state = build_run(config, _frozen_init_to_continue(workdir, overwrite))
     description = run.describe()
     finished = None if overwrite else _finished_metrics(workdir, description)
     if finished is not None:
@@ -160,8 +160,8 @@ def train_and_evaluate(config, workdir: str, stop_at_step: int | None = None,
             state, history, open_window = _resume(workdir, manager, state, description, branch)
             if chief:
                 write_json(os.path.join(workdir, "run.json"), description)
-            return _train_loop(run, workdir, manager, state, frozen, history, open_window,
-                               description, stop_at_step)
+            return _train_loop(run, workdir, manager, state, history, open_window, description,
+                               stop_at_step)
         finally:
             _finish_saves(manager)
 
@@ -234,16 +234,18 @@ def _save(manager, step: int, state, meta: dict, metrics: dict | None) -> None:
                             "resume.") from None
 
 
-def _train_loop(run, workdir, manager, state, frozen, history, open_window, description,
-                stop_at_step):
+def _train_loop(run, workdir, manager, state, history, open_window, description, stop_at_step):
     config, setup, schedule = run.config, run.setup, run.schedule
     start_step = int(state.step)
     logging.info("%s, mode %s: %d of %d parameters trainable; step %d of %d (%d epochs x %d)",
                  config.model.name, config.train.mode, setup.trainable_params,
                  setup.total_params, start_step, schedule.total_steps, config.train.epochs,
                  schedule.steps_per_epoch)
+    if distributed.is_chief():
+        logging.info("parameters:\n%s", summary.parameter_table(
+            partition.merge(state.trainable, setup.frozen), setup.param_labels))
     mesh = make_mesh()
-    state, frozen = replicate((state, frozen), mesh)
+    state, frozen = replicate((state, setup.frozen), mesh)
     run_call = _call_runner(run, mesh)
     eval_step = make_eval_step(setup.model)
     reporter = Reporter(workdir, schedule.total_steps, schedule.steps_per_epoch, start_step,
@@ -254,10 +256,13 @@ def _train_loop(run, workdir, manager, state, frozen, history, open_window, desc
                             schedule.total_steps, distributed.local_rows(batch))
     calls = prefetch(group_into_calls(batches, config.train.steps_per_call,
                                       schedule.ends_call))
+    profiler = _Profiler(config.log.profile_steps, os.path.join(workdir, "profile"))
     with signals_received() as received, contextlib.closing(calls), \
-            contextlib.closing(reporter):
+            contextlib.closing(reporter), contextlib.closing(profiler):
         for steps, images, targets in calls:
+            profiler.before(steps[-1] + 1)
             state, metrics = run_call(state, frozen, steps, images, targets)
+            profiler.after(steps[-1] + 1, metrics)
             window.add(metrics, len(steps))
             done = steps[-1] + 1
             due = schedule.after(done)
@@ -300,14 +305,40 @@ def _train_loop(run, workdir, manager, state, frozen, history, open_window, desc
     return metrics
 
 
+class _Profiler:
+    """jax.profiler traces of the calls that run steps first..last (1-based, as logged) of
+    log.profile_steps, into `folder` (TensorBoard's profile tab, or Perfetto)."""
+
+    def __init__(self, steps: tuple, folder: str):
+        self.first, self.last = tuple(steps) or (None, None)
+        self.folder, self.tracing, self.done = folder, False, not steps
+
+    def before(self, last_step_of_call: int) -> None:
+        if not self.done and not self.tracing and last_step_of_call >= self.first:
+            jax.profiler.start_trace(self.folder)
+            self.tracing = True
+
+    def after(self, last_step_of_call: int, metrics) -> None:
+        if self.tracing and last_step_of_call >= self.last:
+            jax.block_until_ready(metrics)  # the traced calls' device work belongs in the trace
+            self.close()
+
+    def close(self) -> None:
+        if self.tracing:
+            jax.profiler.stop_trace()
+            logging.info("wrote a profile of steps %d-%d to %s", self.first, self.last,
+                         self.folder)
+        self.tracing, self.done = False, True
+
+
 def _call_runner(run, mesh):
     """run_call(state, frozen, steps, images, targets) -> (state, metrics): one compiled train
     step, or train.steps_per_call of them scanned, for the (stacked) batches of a call."""
     setup, per_call = run.setup, run.config.train.steps_per_call
     augment_on_device = not run.train_data.augmented_on_host
-    single = make_train_step(setup.model, setup.optimizer, setup.labels, setup.schedule,
+    single = make_train_step(setup.model, setup.optimizer, setup.param_labels, setup.schedule,
                              augment_on_device)
-    multi = make_train_step(setup.model, setup.optimizer, setup.labels, setup.schedule,
+    multi = make_train_step(setup.model, setup.optimizer, setup.param_labels, setup.schedule,
                             augment_on_device, per_call) if per_call > 1 else None
     key = replicate(augment_key(run.config.seed), mesh)
 

@@ -26,7 +26,8 @@ def timed(function, runs=20):
 
 
 def jax_rows():
-    import bnjax  # noqa: F401  (bnjax's XLA:CPU defaults)
+    from bnjax import xla_flags
+    xla_flags.apply_defaults()  # bnjax's XLA:CPU settings, before JAX starts a backend
     import jax
     import numpy as np
     from bnjax.models.conv import conv, uses_matmul_weight_grad, weight_grad_by_matmuls

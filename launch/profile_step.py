@@ -18,14 +18,17 @@ import statistics
 import tempfile
 import time
 
-import bnjax  # noqa: F401  (sets bnjax's XLA:CPU defaults before JAX starts)
-import jax
-import jax.numpy as jnp
-import numpy as np
+from bnjax import xla_flags
 
-from bnjax import partition
-from bnjax.config import base_config
-from bnjax.state import initialize
+xla_flags.apply_defaults()  # bnjax's XLA:CPU settings, before JAX starts a backend
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from bnjax import partition  # noqa: E402
+from bnjax.config import base_config  # noqa: E402
+from bnjax.state import initialize  # noqa: E402
 
 
 def median_ms(function, *args, runs=10):
@@ -46,7 +49,8 @@ def main():
     args = parser.parse_args()
     config = base_config()
     config.model.name = args.model
-    setup, state, frozen = initialize(config, 10, (32, 32, 3), 1)
+    setup, state = initialize(config, 10, (32, 32, 3), 1)
+    frozen = setup.frozen
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=(args.batch, 32, 32, 3)).astype(np.float32))
     y = jnp.asarray(rng.integers(0, 10, args.batch))

@@ -1,12 +1,18 @@
 """Shared fixtures: tiny configs and tiny generated image folders (tests never download)."""
-import os
-import tarfile
+from bnjax import xla_flags
 
-import numpy as np
-import pytest
-from PIL import Image
+# The XLA:CPU settings of bnjax's commands, so that in-process runs compute as `bnjax train`
+# does (set before JAX starts a backend).
+xla_flags.apply_defaults()
 
-from bnjax.config import base_config
+import os  # noqa: E402
+import tarfile  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from bnjax.config import base_config  # noqa: E402
 
 CLASSES = ("cat", "dog", "frog")
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from bnjax import analyze, partition
-from bnjax.export import load_from_workdir
+from bnjax.trained import from_workdir
 from bnjax.train import train_and_evaluate
 
 
@@ -37,13 +37,13 @@ def trained(image_folder, tmp_path_factory):
     config.train.epochs = 1
     workdir = str(tmp_path_factory.mktemp("run"))
     train_and_evaluate(config, workdir)
-    return load_from_workdir(workdir)
+    return from_workdir(workdir)
 
 
 def test_a_channel_switched_off_by_bn_is_counted_as_disabled(trained):
     from bnjax.data import load_splits
 
-    params = partition.merge(jax.device_get(trained.state.trainable), trained.frozen)
+    params = partition.merge(jax.device_get(trained.state.trainable), trained.setup.frozen)
     variables = {"params": params, "batch_stats": jax.device_get(trained.state.batch_stats)}
     _, test = load_splits(trained.config.data)
     model = trained.setup.model

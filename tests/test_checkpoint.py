@@ -11,7 +11,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from bnjax import checkpoint, export, partition
+from bnjax import checkpoint, export, partition, trained
 from bnjax.errors import CheckpointError
 from bnjax.train import Interrupted, train_and_evaluate
 
@@ -186,7 +186,7 @@ def test_workdir_of_a_different_config_is_refused(finished, tmp_path):
 def exported(finished, tmp_path_factory):
     _, workdir, metrics = finished
     path = str(tmp_path_factory.mktemp("export") / "model.bnjax")
-    export.export_from_workdir(workdir, path)
+    trained.export_workdir(workdir, path)
     return path, metrics
 
 
@@ -194,19 +194,19 @@ def test_export_is_small_and_evaluates_to_the_same_accuracy(exported, finished):
     path, metrics = exported
     config, _, _ = finished
     assert os.path.getsize(path) < 20_000
-    result = export.evaluate_export(path)
+    result = trained.evaluate_export(path)
     assert result["test_accuracy"] == metrics["test_accuracy"]
     assert result["test_loss"] == metrics["test_loss"]
 
 
 def test_materialized_weights_are_the_full_model(exported, tmp_path):
     path, _ = exported
-    out = export.materialize(path, str(tmp_path / "full"))
+    out = trained.materialize(path, str(tmp_path / "full"))
     restored = ocp.StandardCheckpointer().restore(os.path.join(os.path.abspath(out),
                                                                "variables"))
-    trained = export.load_export(path)
-    expected = partition.merge(trained.state.trainable, trained.frozen)
-    assert partition.count(restored["params"]) == trained.setup.total_params
+    model = trained.from_export(path)
+    expected = partition.merge(model.state.trainable, model.setup.frozen)
+    assert partition.count(restored["params"]) == model.setup.total_params
     for a, b in zip(jax.tree.leaves(restored["params"]), jax.tree.leaves(expected)):
         np.testing.assert_array_equal(a, b)
     description = json.load(open(os.path.join(out, "model.json")))
@@ -227,15 +227,15 @@ def test_tampered_truncated_and_foreign_files_are_rejected(exported, tmp_path):
     tampered = tmp_path / "tampered.bnjax"
     tampered.write_bytes(blob[:-10] + bytes(b ^ 1 for b in blob[-10:]))
     with pytest.raises(CheckpointError, match="truncated or was modified"):
-        export.load_export(str(tampered))
+        trained.from_export(str(tampered))
     truncated = tmp_path / "truncated.bnjax"
     truncated.write_bytes(blob[: len(blob) // 2])
     with pytest.raises(CheckpointError, match="truncated or was modified"):
-        export.load_export(str(truncated))
+        trained.from_export(str(truncated))
     foreign = tmp_path / "foreign.bnjax"
     foreign.write_bytes(b"PK\x03\x04 a zip file")
     with pytest.raises(CheckpointError, match="not a bnjax export file"):
-        export.load_export(str(foreign))
+        trained.from_export(str(foreign))
 
 
 def test_export_whose_weights_do_not_regenerate_is_rejected(exported, tmp_path):
@@ -243,20 +243,20 @@ def test_export_whose_weights_do_not_regenerate_is_rejected(exported, tmp_path):
     wrong = _rewrite(path, str(tmp_path / "wrong.bnjax"),
                      lambda d: d.update(frozen_checksum="0" * 64))
     with pytest.raises(CheckpointError, match="do not match the checksum"):
-        export.load_export(wrong)
+        trained.from_export(wrong)
     other_model = _rewrite(path, str(tmp_path / "other.bnjax"),
                            lambda d: d["config"]["model"].update(name="cifar_resnet_14_4"))
     with pytest.raises(CheckpointError):
-        export.load_export(other_model)
+        trained.from_export(other_model)
 
 
 def test_exports_do_not_depend_on_jax_prng_settings(exported):
     path, _ = exported
-    reference = export.load_export(path)
+    reference = trained.from_export(path)
     was = jax.config.jax_threefry_partitionable
     jax.config.update("jax_threefry_partitionable", not was)
     try:
-        flipped = export.load_export(path)
+        flipped = trained.from_export(path)
     finally:
         jax.config.update("jax_threefry_partitionable", was)
     assert flipped.setup.frozen_checksum == reference.setup.frozen_checksum

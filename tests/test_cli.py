@@ -59,6 +59,9 @@ def test_train_command_end_to_end(image_folder, tmp_path):
                    "--config.train.batch_size=12")
     assert result.returncode == 0, result.stderr
     assert "test accuracy" in result.stderr
+    table = [line.split() for line in result.stderr.splitlines()]
+    assert ["stage1_block0/conv1/kernel", "3x3x4x4", "conv", "frozen"] in table
+    assert ["stage1_block0/bn1/scale", "4", "gamma", "trainable"] in table
     metrics = json.loads((workdir / "metrics.json").read_text())
     assert metrics["model"] == "cifar_resnet_8_4" and metrics["steps"] == 2
 
@@ -87,7 +90,8 @@ def test_a_run_that_cannot_go_on_exits_3(monkeypatch, capsys):
     def diverged():
         raise TrainingError("the training loss became nan within steps 5-5")
 
-    monkeypatch.setitem(cli.COMMANDS, "train", diverged)
+    monkeypatch.setitem(cli.COMMANDS, "train",
+                        cli.Command(diverged, "", cli.COMMANDS["train"].flags, ""))
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["bnjax", "train"])
     assert exit_info.value.code == 3
@@ -102,3 +106,45 @@ def test_sweep_accepts_flags_and_values_as_separate_words(tmp_path):
     assert len(commands) == 2
     assert f"--config={CIFAR10}:cifar_resnet_8 " in commands[0]
     assert "--config.train.epochs=3 --config.train.mode=bn" in commands[0]
+
+
+def test_help_lists_the_commands_and_each_command_its_own_flags():
+    overview = bnjax("--help", timeout=60)
+    assert overview.returncode == 0, overview.stderr
+    for command in ("train", "config", "export", "eval", "sweep", "bench", "analyze"):
+        assert f"\n  {command} " in overview.stdout
+    for command, own, other in (("train", "--stop_at_step", "--grid"),
+                                ("sweep", "--grid", "--stop_at_step"),
+                                ("eval", "--data_source", "--workdir"),
+                                ("export", "--step", "--grid")):
+        shown = bnjax(command, "--help", timeout=60)
+        assert shown.returncode == 0, shown.stderr
+        assert f"  {own}" in shown.stdout and f"  {other}" not in shown.stdout
+        assert "example:\n  bnjax " + command in shown.stdout
+    assert "bnjax config --config=FILE" in bnjax("train", "--help", timeout=60).stdout
+
+
+def test_a_flag_of_another_command_is_refused(tmp_path):
+    result = bnjax("train", f"--config={CIFAR10}", f"--workdir={tmp_path / 'run'}",
+                   "--grid=train.mode=bn,all", "--out=x")
+    assert result.returncode == 2
+    assert "`bnjax train` does not take --grid, --out; it takes: --config --workdir" in \
+        result.stderr
+    assert not (tmp_path / "run").exists()
+    result = bnjax("eval", "--export=x.bnjax", "--config.seed=1")
+    assert result.returncode == 2 and "does not take --config.seed" in result.stderr
+
+
+def test_config_lists_every_field_with_its_resolved_value():
+    result = bnjax("config", f"--config={CIFAR10}:cifar_resnet_110", "--config.train.mode=all")
+    assert result.returncode == 0, result.stderr
+    assert "model.name = 'cifar_resnet_110'" in result.stdout
+    assert "train.mode = 'all'" in result.stdout and "which parameters learn" in result.stdout
+
+
+def test_importing_bnjax_leaves_the_environment_alone():
+    result = subprocess.run([sys.executable, "-c", "import os, bnjax, bnjax.train; "
+                             "print(os.environ.get('XLA_FLAGS'))"], capture_output=True,
+                            text=True, env={k: v for k, v in os.environ.items()
+                                            if k != "XLA_FLAGS"}, timeout=120)
+    assert result.stdout.strip() == "None", result.stderr

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from bnjax import export, initial_weights, partition, portable_random
+from bnjax import export, initial_weights, partition, portable_random, trained
 from bnjax.config import base_config
 from bnjax.errors import CheckpointError
 from bnjax.models import build_model
@@ -141,7 +141,7 @@ def test_a_legacy_export_loads_the_old_way_on_a_machine_like_the_one_that_made_i
     assert description["format"] == "bnjax-export-1" and "frozen_init" not in description
     same_jaxlib = description["versions"]["jaxlib"] == importlib.metadata.version("jaxlib")
     try:
-        result = export.evaluate_export(LEGACY_EXPORT, image_folder)
+        result = trained.evaluate_export(LEGACY_EXPORT, image_folder)
     except CheckpointError as error:
         assert not same_jaxlib, f"refused on a matching machine: {error}"
         assert "bnjax's first generator (jax-v1)" in str(error)
@@ -151,8 +151,8 @@ def test_a_legacy_export_loads_the_old_way_on_a_machine_like_the_one_that_made_i
 
 
 def test_a_legacy_export_on_a_machine_without_fma_gets_a_clear_message(image_folder):
-    script = ("from bnjax import export\nfrom bnjax.errors import CheckpointError\n"
-              f"try:\n    export.load_export({LEGACY_EXPORT!r})\n"
+    script = ("from bnjax import trained\nfrom bnjax.errors import CheckpointError\n"
+              f"try:\n    trained.from_export({LEGACY_EXPORT!r})\n"
               "except CheckpointError as error:\n    print('REFUSED', error)\n")
     out = _run(script, {"XLA_FLAGS": "--xla_cpu_max_isa=SSE4_2"})
     assert "REFUSED" in out and "first generator (jax-v1)" in out
@@ -169,9 +169,9 @@ def test_an_export_evaluates_the_same_on_a_machine_without_fma(tmp_path, image_f
     config.train.epochs = 1
     metrics = train_and_evaluate(config, str(tmp_path / "run"))
     path = str(tmp_path / "model.bnjax")
-    export.export_from_workdir(str(tmp_path / "run"), path)
-    script = ("import json\nfrom bnjax import export\n"
-              f"print(json.dumps(export.evaluate_export({path!r}, {image_folder!r})))\n")
+    trained.export_workdir(str(tmp_path / "run"), path)
+    script = ("import json\nfrom bnjax import trained\n"
+              f"print(json.dumps(trained.evaluate_export({path!r}, {image_folder!r})))\n")
     result = json.loads(_run(script, {"XLA_FLAGS": "--xla_cpu_max_isa=SSE4_2"}).splitlines()[-1])
     assert result["test_accuracy"] == metrics["test_accuracy"]
     assert result["test_loss"] == pytest.approx(metrics["test_loss"], rel=1e-5)

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from bnjax import checkpoint, config as config_lib, export, train
+from bnjax import checkpoint, config as config_lib, export, train, trained
 from bnjax.data.image_folder import load_image_folder
 from bnjax.errors import (CheckpointError, ConfigError, DataError, TrainingError,
                           WorkdirError)
@@ -318,7 +318,7 @@ def export_bytes(image_folder, tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("run"))
     train.train_and_evaluate(config, workdir)
     path = str(tmp_path_factory.mktemp("export") / "m.bnjax")
-    export.export_from_workdir(workdir, path)
+    trained.export_workdir(workdir, path)
     return open(path, "rb").read()
 
 
@@ -340,3 +340,12 @@ def test_byte_damage_to_an_export_is_detected(export_bytes, tmp_path_factory, ed
     else:
         assert bytes(blob) == export_bytes  # only an edit that changed nothing can load
         assert description["format"] == export.FORMAT
+
+
+def test_every_config_field_has_a_meaning_and_is_listed():
+    fields = dict(config_lib.flat_fields(config_lib.base_config()))
+    assert set(fields) == set(config_lib.FIELD_HELP)
+    listing = config_lib.describe_fields(config_lib.base_config()).splitlines()
+    assert len(listing) == len(fields)
+    assert any(line.startswith("train.mode = 'bn'") and "which parameters learn" in line
+               for line in listing)

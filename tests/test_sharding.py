@@ -25,10 +25,10 @@ targets = rng.integers(0, 10, (4, 16)).astype(np.int32)
 runs = []
 for devices in (jax.devices()[:1], jax.devices()):
     mesh = make_mesh(devices)
-    setup, state, frozen = initialize(config, 10, (32, 32, 3), 10)
-    state, frozen = replicate((state, frozen), mesh)
+    setup, state = initialize(config, 10, (32, 32, 3), 10)
+    state, frozen = replicate((state, setup.frozen), mesh)
     key = replicate(augment_key(0), mesh)
-    step = make_train_step(setup.model, setup.optimizer, setup.labels, setup.schedule)
+    step = make_train_step(setup.model, setup.optimizer, setup.param_labels, setup.schedule)
     losses = []
     for i in range(4):
         state, metrics = step(state, frozen, *shard_batch((images[i], targets[i]), mesh), key)

@@ -15,12 +15,13 @@ from bnjax.train import build_run, train_and_evaluate
 
 def _train_steps(config, steps):
     """(initial params, params after `steps` steps, initial and final batch stats)."""
-    run, state, frozen = build_run(config)
+    run, state = build_run(config)
+    frozen = run.setup.frozen
     initial = jax.device_get(partition.merge(state.trainable, frozen))
     initial_stats = jax.device_get(state.batch_stats)
     mesh = make_mesh()
     state, frozen = replicate((state, frozen), mesh)
-    step_fn = make_train_step(run.setup.model, run.setup.optimizer, run.setup.labels,
+    step_fn = make_train_step(run.setup.model, run.setup.optimizer, run.setup.param_labels,
                               run.setup.schedule)
     key = augment_key(config.seed)
     for _, images, targets in train_batches(run.train_data, config.train.batch_size,
@@ -34,7 +35,7 @@ def _train_steps(config, steps):
 def test_only_trainable_leaves_change(tiny_config, mode):
     tiny_config.train.mode = mode
     run, initial, final, stats0, stats1 = _train_steps(tiny_config, 3)
-    labels = partition.flatten(run.setup.labels)
+    labels = partition.flatten(run.setup.param_labels)
     before, after = partition.flatten(initial), partition.flatten(final)
     for path, label in labels.items():
         if label == partition.FROZEN:
@@ -63,7 +64,8 @@ def test_random_k_changes_only_the_chosen_elements(tiny_config):
 
 
 def test_eval_uses_running_averages(tiny_config):
-    run, state, frozen = build_run(tiny_config)
+    run, state = build_run(tiny_config)
+    frozen = run.setup.frozen
     eval_step = make_eval_step(run.setup.model)
     images = run.eval_data.images[:6]
     targets = run.eval_data.labels[:6]
@@ -116,8 +118,9 @@ def _compiled_convs_and_dots(mode):
 
     config = base_config()
     config.model.name, config.train.mode = "cifar_resnet_8_4", mode
-    setup, state, frozen = initialize(config, 10, (32, 32, 3), 10)
-    step = make_train_step(setup.model, setup.optimizer, setup.labels, setup.schedule)
+    setup, state = initialize(config, 10, (32, 32, 3), 10)
+    frozen = setup.frozen
+    step = make_train_step(setup.model, setup.optimizer, setup.param_labels, setup.schedule)
     images, targets = np.zeros((8, 32, 32, 3), np.uint8), np.zeros(8, np.int32)
     text = step.lower(state, frozen, images, targets, augment_key(0)).compile().as_text()
     return (len(re.findall(r"= \S+ convolution\(", text)),
@@ -172,3 +175,12 @@ def test_several_steps_per_call_equal_single_steps_and_resume_exactly(tiny_confi
     with pytest.raises(Interrupted, match="stopped at step 2"):  # steps 0-1 are one call
         run(2, "resumed", stop_at_step=1)
     assert run(2, "resumed") == (pairs, pairs_log)
+
+
+def test_profile_steps_write_a_trace_of_those_steps(tiny_config, tmp_path):
+    tiny_config.train.epochs = 1
+    tiny_config.log.profile_steps = (2, 3)
+    workdir = tmp_path / "run"
+    train_and_evaluate(tiny_config, str(workdir))
+    traces = list((workdir / "profile").rglob("*.xplane.pb"))
+    assert len(traces) == 1 and traces[0].stat().st_size > 0
