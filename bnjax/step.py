@@ -104,8 +104,8 @@ def make_train_step(model, optimizer, param_labels, schedule, augment_on_device:
         return jax.jit(train_step, donate_argnums=(0,))
 
     # XLA:CPU runs the convolutions of a while-loop body several times slower than the same
-    # convolutions at top level (ResNet-20: 1376 against 190 ms a step, jax 0.10.2), so on CPU
-    # the scan is unrolled: still one call, but compiled steps_per_call times larger.
+    # convolutions at top level (docs/PERFORMANCE.md), so on CPU the scan is unrolled: still
+    # one call, but compiled steps_per_call times larger.
     unroll = steps_per_call if jax.default_backend() == "cpu" else 1
 
     def train_steps(state: TrainState, frozen, images, targets, augment_key):

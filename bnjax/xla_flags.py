@@ -1,12 +1,12 @@
 """XLA:CPU settings that make bnjax's steps faster, added to XLA_FLAGS before JAX starts a backend.
 
-Measured on the 2-core development machine (cifar_resnet_20, batch 128, docs/PERFORMANCE.md):
-- YNNPACK's convolutions run slower than XLA's own (Eigen) convolutions for these shapes (for
-  example 5.4 vs 3.6 ms for 128x16x16x32 -> 32, 3x3); turning them off took the BN-only gradient
-  from ~340 to ~281 ms and the full one from ~838 to ~560 ms.
-- The concurrency-optimized scheduler interleaves independent ops on threads that compete for
-  the same core here; without it the BN-only gradient was a few percent faster (~300 -> ~274 ms
-  in one A/B).
+bnjax's commands apply them (bnjax.cli); importing bnjax does not. A library user who wants them
+calls `apply_defaults()` before the first JAX computation. The measurements behind each are in
+docs/PERFORMANCE.md:
+- YNNPACK's convolutions: slower than XLA's own (Eigen) convolutions for the CIFAR ResNets'
+  shapes, and no more accurate there (docs/PERFORMANCE.md, "Gradient accuracy").
+- The concurrency-optimized scheduler: it interleaves independent ops on threads that compete
+  for the same cores.
 Both flags concern the CPU backend only; GPU and TPU runs are unaffected. A flag the user already
 put in XLA_FLAGS is left as the user set it.
 """

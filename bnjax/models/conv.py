@@ -1,8 +1,8 @@
 """The convolution layer of bnjax's ResNets: nn.Conv's parameters, a faster weight gradient on CPU.
 
 XLA:CPU computes a convolution's weight gradient as another convolution over transposed copies
-of the activations, and those transposes cost about a quarter of a full-training step on
-ResNet-20 (docs/PERFORMANCE.md). On the CPU backend, layers whose input is at least 16x16 use a
+of the activations, and those transposes are a large part of a full-training step
+(docs/PERFORMANCE.md). On the CPU backend, layers whose input is at least 16x16 use a
 custom VJP instead: the weight gradient is one matrix product per kernel tap, between the
 strided, shifted slice of the padded input and the output gradient, each contracting batch and
 space; the input gradient and the forward pass stay lax convolutions. Smaller layers and every
