@@ -1,9 +1,9 @@
 """`bnjax analyze`: what BatchNorm learned (paper, section 5).
 
 - gamma: histograms per stage and overall, and the fraction with |gamma| < 0.01;
-- disabled channels: a channel of a BatchNorm that feeds a ReLU directly (the stem's `bn` and
-  every block's `bn1`) is *disabled* when its BatchNorm output is <= 0 at every position of every
-  test image, so the ReLU after it outputs exactly zero for the whole test set. (`bn2` and
+- disabled channels: a channel of a normalisation layer that feeds a ReLU directly (in a
+  ResNet the stem's `bn` and every block's `bn1`, in a VGG every layer) is *disabled* when the
+  ReLU's output is 0 at every position of every test image. (A ResNet's `bn2` and
   `shortcut_bn` are summed before their ReLU, so no channel of theirs can be judged alone.)
 - ablation: set the gammas with the smallest |gamma| (ranked over the whole network) to zero and
   measure test accuracy against the fraction zeroed.
@@ -25,17 +25,16 @@ from bnjax import partition
 from bnjax.data.augment import normalize
 from bnjax.data.batches import eval_batches
 from bnjax.models import parse_name
-from bnjax.models.batch_norm import BatchNorm
 from bnjax.step import evaluate, make_eval_step, make_mesh, replicate
 
 SMALL_GAMMA = 0.01
 ABLATION_FRACTIONS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5)
-_FEEDS_RELU = re.compile(r"(^bn|/bn1)$")
 
 
 def _stage(path: str) -> str:
-    match = re.match(r"stage(\d+)_", path)
-    return f"stage{match.group(1)}" if match else "stem"
+    """ResNets by stage (and the stem), VGGs by layer."""
+    match = re.match(r"(stage\d+)_|(layer\d+)/", path)
+    return next(group for group in match.groups() if group) if match else "stem"
 
 
 def gammas(params) -> dict:
@@ -63,15 +62,14 @@ def gamma_statistics(gamma_by_layer: dict) -> dict:
 
 
 def disabled_channels(model, variables, data, batch_size: int) -> dict:
-    """Per ReLU-fed BatchNorm: which channels never produce a positive output on `data`.
-    (These BatchNorm modules apply the ReLU themselves; a channel's maximum output is <= 0
-    before the ReLU exactly when it is 0 after it.)"""
+    """Per ReLU-fed normalisation layer: which channels never produce a positive output on
+    `data`. (The layers apply the ReLU themselves and record its output as 'relu_output'.)"""
     def batch_max(images):
         _, captured = model.apply(variables, normalize(images), train=False,
-                                  capture_intermediates=lambda m, _: isinstance(m, BatchNorm))
+                                  mutable=["intermediates"])
         flat = partition.flatten(captured["intermediates"])
-        return {path[: -len("/__call__")]: jnp.max(out[0], axis=(0, 1, 2))
-                for path, out in flat.items() if _FEEDS_RELU.search(path[: -len("/__call__")])}
+        return {path[: -len("/relu_output")]: jnp.max(out[0], axis=(0, 1, 2))
+                for path, out in flat.items() if path.endswith("/relu_output")}
 
     batch_max = jax.jit(batch_max)
     maxima = None
@@ -81,8 +79,9 @@ def disabled_channels(model, variables, data, batch_size: int) -> dict:
         maxima = current if maxima is None else jax.tree.map(np.maximum, maxima, current)
     layers = {path: int(np.sum(values <= 0)) for path, values in maxima.items()}
     channels = sum(v.size for v in maxima.values())
-    return {"definition": "BatchNorm output <= 0 at every position of every test image, for "
-                          "BatchNorms feeding a ReLU directly (stem bn and each block's bn1)",
+    return {"definition": "ReLU output 0 at every position of every test image, for "
+                          "normalisation layers feeding a ReLU directly (in a ResNet the stem's "
+                          "bn and each block's bn1, in a VGG every layer)",
             "channels": int(channels), "disabled": int(sum(layers.values())),
             "fraction_disabled": float(sum(layers.values()) / channels),
             "disabled_by_layer": layers}

@@ -13,7 +13,8 @@ import ml_collections
 
 from bnjax.models import registry
 from bnjax.errors import ConfigError
-from bnjax.models.init import BN_INITIALIZERS
+from bnjax.models.initializers import BN_INITIALIZERS
+from bnjax.models.norms import NORMS
 from bnjax.partition import MODE_ROLES
 
 MODES = tuple(MODE_ROLES)
@@ -31,6 +32,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.model.name = "cifar_resnet_20"
     config.model.bn_init = "uniform"
     config.model.dtype = "float32"
+    config.model.norm = "batchnorm"
 
     config.data = ml_collections.ConfigDict()
     config.data.source = "cifar10"
@@ -79,6 +81,9 @@ FIELD_HELP = {
                   "width W), imagenet_resnet_D (18, 34, 50, 101, 152, 200)",
     "model.bn_init": "gamma and beta at init: uniform (gamma ~ U[0,1), beta 0), fixed (1, 0), "
                      "oneone (1, 1), positivenegative (U[-1,1), 0)",
+    "model.norm": "the normalisation layers: batchnorm, affine (scale and shift only, no "
+                  "statistics), groupnorm (8 groups), layernorm (over H, W, C); the train "
+                  "modes' gamma and beta are its affine parameters",
     "model.dtype": "compute dtype, float32 or bfloat16; parameters, BatchNorm statistics and "
                    "the optimizer stay float32",
     "data.source": "a tensorflow-datasets name (cifar10, cifar100, imagenet2012) or a path to "
@@ -199,6 +204,8 @@ def validate(config) -> None:
              f"accepted: {', '.join(BN_INITS)}")
     _require(config.model.dtype in DTYPES, "model.dtype", config.model.dtype,
              f"accepted: {', '.join(DTYPES)}")
+    _require(config.model.norm in NORMS, "model.norm", config.model.norm,
+             f"accepted: {', '.join(NORMS)}")
 
     train = config.train
     _require(train.mode in MODES, "train.mode", train.mode, f"accepted: {', '.join(MODES)}")

@@ -20,8 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from bnjax import partition, portable_random
-from bnjax.models.init import BN_INITIALIZERS, Constant, KaimingNormal, TorchBias, Uniform
-from bnjax.models.init import fan_in, kaiming_normal
+from bnjax.models.initializers import (BN_INITIALIZERS, Constant, KaimingNormal, TorchBias,
+                                      Uniform, fan_in, kaiming_normal)
 
 CURRENT = portable_random.VERSION
 LEGACY = "jax-v1"

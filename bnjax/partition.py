@@ -1,7 +1,8 @@
 """Training modes -> which parameter leaves learn and which stay frozen at their random init.
 
-Every parameter has a role read off its path in the Flax tree (gamma, beta, conv, shortcut,
-output). A mode is a set of roles; the label tree marks each leaf 'trainable' or 'frozen' and is
+Every parameter has a role read off its path in the Flax tree (gamma, beta, conv, conv_bias,
+shortcut, output); gamma and beta are the normalisation layer's affine parameters, whatever
+its kind (bnjax.models.norms). A mode is a set of roles; the label tree marks each leaf 'trainable' or 'frozen' and is
 what optax.multi_transform partitions the optimizer by. Every leaf must match exactly one role
 rule, so a new layer type cannot silently end up trainable or frozen.
 """
@@ -20,10 +21,11 @@ _ROLE_RULES = (  # (role, regex over the '/'-joined parameter path)
     ("shortcut", re.compile(r"(^|/)shortcut_conv/kernel$")),
     ("output", re.compile(r"(^|/)fc/(kernel|bias)$")),
     ("conv", re.compile(r"(^|/)conv\w*/kernel$")),
+    ("conv_bias", re.compile(r"(^|/)conv\w*/bias$")),  # VGG's convolutions have biases
 )
 
 MODE_ROLES = {
-    "all": {"gamma", "beta", "conv", "shortcut", "output"},
+    "all": {"gamma", "beta", "conv", "conv_bias", "shortcut", "output"},
     "bn": {"gamma", "beta"},
     "gamma": {"gamma"},
     "beta": {"beta"},

@@ -83,7 +83,9 @@ def make_train_step(model, optimizer, param_labels, schedule, augment_on_device:
             variables = {"params": partition.merge(trainable, frozen),
                          "batch_stats": state.batch_stats}
             logits, updated = model.apply(variables, inputs, train=True, mutable=["batch_stats"])
-            return _cross_entropy(logits, targets).mean(), (logits, updated["batch_stats"])
+            # networks without BatchNorm have no batch_stats
+            return (_cross_entropy(logits, targets).mean(),
+                    (logits, updated.get("batch_stats", {})))
 
         (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.trainable)

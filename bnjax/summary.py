@@ -27,12 +27,17 @@ def counts(config) -> dict:
     return {"total": partition.count(params), "bn": modes["bn"], "modes": modes}
 
 
+def norm_name(config) -> str:
+    norm = config.model.norm
+    return "BatchNorm parameters" if norm == "batchnorm" else f"{norm} parameters"
+
+
 def render(config) -> str:
     config_lib.validate(config)
     result = counts(config)
     lines = [f"model {config.model.name} ({class_count(config)} classes)",
              f"total parameters       {result['total']:>13,}",
-             f"BatchNorm parameters   {result['bn']:>13,}  (gamma and beta)",
+             f"{norm_name(config):<22} {result['bn']:>13,}  (gamma and beta)",
              "trainable parameters by train.mode:"]
     for mode, n in result["modes"].items():
         marker = "  <- configured" if mode == config.train.mode else ""

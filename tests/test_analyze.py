@@ -67,3 +67,32 @@ def test_analyze_writes_report_and_plots(trained, tmp_path):
         assert os.path.getsize(path) > 0
     report = open(tmp_path / "out" / "report.md").read()
     assert "abs(gamma) < 0.01" in report and "disabled channels" in report
+
+
+@pytest.mark.parametrize("name,norm,relu_fed", [
+    ("cifar_resnet_8_4", "affine", {"bn", "stage1_block0/bn1", "stage2_block0/bn1",
+                                    "stage3_block0/bn1"}),
+    ("cifar_resnet_8_4", "layernorm", {"bn", "stage1_block0/bn1", "stage2_block0/bn1",
+                                       "stage3_block0/bn1"}),
+    ("cifar_vgg_11", "batchnorm", {f"layer{i}/bn" for i in range(8)}),
+])
+def test_every_family_and_normalisation_is_analyzed(image_folder, tmp_path, name, norm,
+                                                    relu_fed):
+    """Gamma statistics, disabled channels (every ReLU-fed layer) and the ablation, on a
+    freshly initialised model of each kind."""
+    from conftest import tiny_config_for
+
+    from bnjax.state import initialize
+    from bnjax.trained import TrainedModel
+
+    config = tiny_config_for(image_folder, str(tmp_path / "cache"))
+    config.model.name, config.model.norm = name, norm
+    setup, state = initialize(config, 3, (32, 32, 3), steps_per_epoch=1)
+    result = analyze.analyze(TrainedModel(config, setup, state, {"step": 0}))
+    assert set(result["disabled"]["disabled_by_layer"]) == relu_fed
+    assert result["gamma"]["count"] == sum(
+        v.size for p, v in partition.flatten(state.trainable).items() if p.endswith("scale"))
+    assert len(result["ablation"]) == len(analyze.ABLATION_FRACTIONS)
+    stages = set(result["gamma"]["by_stage"])
+    assert stages == ({f"layer{i}" for i in range(8)} if name == "cifar_vgg_11"
+                      else {"stem", "stage1", "stage2", "stage3"})

@@ -112,11 +112,21 @@ class BatchNorm(nn.Module):
         if residual is not None:
             residual = residual.astype(self.dtype)
         if self.use_running_average:
-            return normalize(x, running_mean.value, running_var.value, scale, bias, residual,
-                             relu, self.epsilon)
+            y = normalize(x, running_mean.value, running_var.value, scale, bias, residual, relu,
+                          self.epsilon)
+            return sow_relu_output(self, y, residual, relu)
         y, mean, var = batch_norm_train(x, scale, bias, residual, relu, self.epsilon)
         if not self.is_initializing():
             running_mean.value = self.momentum * running_mean.value + (1 - self.momentum) * mean
             unbiased = var * (_count(x) / max(_count(x) - 1, 1))
             running_var.value = self.momentum * running_var.value + (1 - self.momentum) * unbiased
-        return y
+        return sow_relu_output(self, y, residual, relu)
+
+
+def sow_relu_output(module: nn.Module, y, residual, relu: bool):
+    """Record a normalisation's output in the 'intermediates' collection when a ReLU follows it
+    directly (no residual): where it is 0 everywhere, the layer disabled that channel
+    (bnjax.analyze). A no-op unless the caller asks for that collection."""
+    if relu and residual is None:
+        module.sow("intermediates", "relu_output", y)
+    return y

@@ -10,7 +10,8 @@ from typing import Any
 import jax.numpy as jnp
 from flax import linen as nn
 
-from bnjax.models.init import TorchBias, conv_and_norm, kaiming_normal
+from bnjax.models.init import conv_and_norm
+from bnjax.models.initializers import TorchBias, kaiming_normal
 
 
 class BasicBlock(nn.Module):
@@ -37,11 +38,12 @@ class CifarResNet(nn.Module):
     width: int = 16
     num_classes: int = 10
     bn_init: str = "uniform"
+    norm: str = "batchnorm"
     dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, train: bool):
-        conv, norm = conv_and_norm(train, self.bn_init, self.dtype)
+        conv, norm = conv_and_norm(train, self.bn_init, self.dtype, self.norm)
         x = x.astype(self.dtype)
         x = conv(self.width, (3, 3), padding=((1, 1), (1, 1)), name="conv")(x)
         x = norm(name="bn")(x, relu=True)

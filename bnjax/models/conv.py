@@ -20,6 +20,8 @@ import jax.numpy as jnp
 from flax import linen as nn
 from jax import lax
 
+from bnjax.models.initializers import TorchBias, fan_in
+
 DIMENSIONS = ("NHWC", "HWIO", "NHWC")
 MIN_SPATIAL_FOR_MATMUL_GRAD = 16 * 16  # input height x width from which the custom VJP wins
 
@@ -83,12 +85,14 @@ def _explicit_padding(padding) -> tuple:
 
 
 class Conv(nn.Module):
-    """nn.Conv(features, kernel_size, strides, padding, use_bias=False, kernel_init, dtype) on
-    channels-last inputs: the same 'kernel' parameter and initial values."""
+    """nn.Conv(features, kernel_size, strides, padding, use_bias, kernel_init, dtype) on
+    channels-last inputs: the same 'kernel' parameter and initial values; with use_bias, a
+    'bias' with PyTorch's default init (bnjax.models.init.TorchBias)."""
     features: int
     kernel_size: tuple
     strides: tuple = (1, 1)
     padding: Any = "VALID"
+    use_bias: bool = False
     kernel_init: Callable = nn.initializers.lecun_normal()
     dtype: Any = jnp.float32
 
@@ -99,5 +103,11 @@ class Conv(nn.Module):
         x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
         strides, padding = tuple(self.strides), _explicit_padding(self.padding)
         if uses_matmul_weight_grad(x.shape):
-            return conv_matmul_weight_grad(x, kernel, strides, padding)
-        return conv(x, kernel, strides, padding)
+            y = conv_matmul_weight_grad(x, kernel, strides, padding)
+        else:
+            y = conv(x, kernel, strides, padding)
+        if self.use_bias:
+            bias = self.param("bias", TorchBias(fan_in(kernel_shape)), (self.features,),
+                              jnp.float32)
+            y = y + bias.astype(self.dtype)
+        return y

@@ -10,7 +10,8 @@ from typing import Any
 import jax.numpy as jnp
 from flax import linen as nn
 
-from bnjax.models.init import TorchBias, conv_and_norm, kaiming_normal
+from bnjax.models.init import conv_and_norm
+from bnjax.models.initializers import TorchBias, kaiming_normal
 
 STAGE_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3),
                 152: (3, 8, 36, 3), 200: (3, 24, 36, 3)}
@@ -65,11 +66,12 @@ class ImagenetResNet(nn.Module):
     depth: int
     num_classes: int = 1000
     bn_init: str = "uniform"
+    norm: str = "batchnorm"
     dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, train: bool):
-        conv, norm = conv_and_norm(train, self.bn_init, self.dtype)
+        conv, norm = conv_and_norm(train, self.bn_init, self.dtype, self.norm)
         block_type = BasicBlock if self.depth < 50 else Bottleneck
         x = x.astype(self.dtype)
         x = conv(64, (7, 7), (2, 2), padding=_same(7), name="conv")(x)

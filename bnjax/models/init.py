@@ -1,95 +1,30 @@
-"""The paper's initialisers (open_lth's `kaiming_normal`, PyTorch's layer defaults and open_lth's
-BatchNorm inits) and the conv and BatchNorm layers every bnjax ResNet is built from.
-
-Each initialiser is a small description of a distribution. As a Flax initializer (calling it with
-a key) it draws with jax.random, which is what `model.init` gives. bnjax itself draws the same
-distributions from the seed with bnjax.initial_weights, whose numbers are the same bits on
-every machine.
-"""
+"""The conv and normalisation layers every bnjax network is built from, with the paper's
+initialisers (bnjax.models.initializers) and PyTorch's BatchNorm settings."""
 from __future__ import annotations
 
-import dataclasses
 import functools
-import math
-
-import jax
-import jax.numpy as jnp
-from flax import linen as nn
 
 from bnjax.models.batch_norm import BatchNorm
 from bnjax.models.conv import Conv
-
-
-def fan_in(kernel_shape) -> int:
-    """Inputs per output unit of a dense (in, out) or convolution (H, W, in, out) kernel."""
-    return math.prod(kernel_shape[:-1])
-
-
-@dataclasses.dataclass(frozen=True)
-class KaimingNormal:
-    """N(0, 2 / fan_in), not truncated: PyTorch's kaiming_normal_(mode='fan_in', 'relu')."""
-
-    def std(self, shape) -> float:
-        return math.sqrt(2.0 / fan_in(shape))
-
-    def __call__(self, key, shape, dtype=jnp.float32):
-        return nn.initializers.variance_scaling(2.0, "fan_in", "normal")(key, shape, dtype)
-
-
-@dataclasses.dataclass(frozen=True)
-class Uniform:
-    """U[low, high)."""
-    low: float
-    high: float
-
-    def __call__(self, key, shape, dtype=jnp.float32):
-        return jax.random.uniform(key, shape, dtype, self.low, self.high)
-
-
-@dataclasses.dataclass(frozen=True)
-class Constant:
-    value: float
-
-    def __call__(self, key, shape, dtype=jnp.float32):
-        return jnp.full(shape, self.value, dtype)
-
-
-@dataclasses.dataclass(frozen=True)
-class TorchBias:
-    """PyTorch's default bias of nn.Linear and nn.Conv2d: U(-1/sqrt(fan_in), 1/sqrt(fan_in)),
-    fan_in of the layer's kernel."""
-    fan_in: int
-
-    def bound(self) -> float:
-        return 1.0 / math.sqrt(self.fan_in)
-
-    def __call__(self, key, shape, dtype=jnp.float32):
-        bound = 1.0 / jnp.sqrt(self.fan_in)
-        return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-
-kaiming_normal = KaimingNormal()
-
-# open_lth's batchnorm_init names -> (gamma init, beta init).
-BN_INITIALIZERS = {
-    "uniform": (Uniform(0.0, 1.0), Constant(0.0)),
-    "fixed": (Constant(1.0), Constant(0.0)),
-    "oneone": (Constant(1.0), Constant(1.0)),
-    "positivenegative": (Uniform(-1.0, 1.0), Constant(0.0)),
-}
+from bnjax.models.initializers import BN_INITIALIZERS, kaiming_normal
+from bnjax.models.norms import GROUPS, Affine, GroupNorm
 
 # PyTorch BatchNorm2d defaults: momentum 0.1 (Flax counts the other way: 0.9), eps 1e-5.
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
 
 
-def conv_and_norm(train: bool, bn_init: str, dtype):
-    """(conv, norm) layer constructors: bias-free Kaiming-normal convs (bnjax.models.conv),
-    PyTorch-like BatchNorm (+ residual, ReLU; bnjax.models.batch_norm) whose running averages
-    are used when not training."""
+def conv_and_norm(train: bool, bn_init: str, dtype, norm: str = "batchnorm"):
+    """(conv, norm) layer constructors: Kaiming-normal convs (bnjax.models.conv) and the
+    normalisation `norm` of bnjax.models.norms (+ residual, ReLU) with the BatchNorm affine
+    initialisers; PyTorch-like BatchNorm uses its running averages when not training."""
     gamma_init, beta_init = BN_INITIALIZERS[bn_init]
     conv = functools.partial(Conv, kernel_init=kaiming_normal, dtype=dtype)
-    norm = functools.partial(BatchNorm, use_running_average=not train, momentum=BN_MOMENTUM,
-                             epsilon=BN_EPSILON, dtype=dtype, scale_init=gamma_init,
-                             bias_init=beta_init)
-    return conv, norm
+    affine = dict(dtype=dtype, scale_init=gamma_init, bias_init=beta_init)
+    if norm == "batchnorm":
+        return conv, functools.partial(BatchNorm, use_running_average=not train,
+                                       momentum=BN_MOMENTUM, epsilon=BN_EPSILON, **affine)
+    if norm == "affine":
+        return conv, functools.partial(Affine, **affine)
+    groups = {"groupnorm": GROUPS, "layernorm": 1}[norm]
+    return conv, functools.partial(GroupNorm, groups=groups, epsilon=BN_EPSILON, **affine)
