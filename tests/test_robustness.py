@@ -129,11 +129,12 @@ def test_wrong_size_image_is_named(tmp_path):
         load_image_folder(root, ("train", "test"), str(tmp_path / "c"))
 
 
-def test_grayscale_image_is_named(tmp_path):
+def test_a_file_that_is_not_an_image_is_named_even_among_other_modes(tmp_path):
     root = _small_folder(str(tmp_path / "d"))
     Image.new("L", (8, 8)).save(os.path.join(root, "test", "a", "0.png"))
-    with pytest.raises(DataError, match=r"a/0.png: image mode is L, expected RGB"):
-        load_image_folder(root, ("train", "test"), str(tmp_path / "c"))
+    open(os.path.join(root, "test", "b", "0.png"), "wb").write(b"GIF89a but not really")
+    with pytest.raises(DataError, match=r"b/0.png: cannot decode image"):
+        load_image_folder(root, ("train", "test"), str(tmp_path / "c"), size=8)
 
 
 def test_empty_class_folder_is_named(tmp_path):

@@ -4,7 +4,8 @@ import os
 
 from bnjax.config import looks_like_path
 from bnjax.data.dataset import Dataset
-from bnjax.data.image_folder import load_image_folder
+from bnjax.data.image_folder import STREAMED_ABOVE, folder_sources, load_image_folder
+from bnjax.data.streamed import StreamedSplit
 from bnjax.data.tfds_source import is_streamed, load_tfds, open_streamed
 
 
@@ -12,16 +13,23 @@ def default_cache_dir() -> str:
     return os.path.join(os.path.expanduser("~"), ".cache", "bnjax")
 
 
-def load_splits(data_config, image_size: int = 224, seed: int = 0):
-    """(train, eval) splits for `config.data`; DataError with a fix if they cannot be read.
+def load_splits(data_config, image_size: int | None = None, seed: int = 0):
+    """(train, eval) splits for `config.data`, for a model whose input is image_size square
+    (None: image folders as stored); DataError with a fix if they cannot be read.
 
-    Streamed (ImageNet) splits are cropped to the model's image_size on the host, with crops
-    keyed by the seed; in-memory ones keep their size and are augmented on the device.
+    Streamed splits (ImageNet, and image folders for inputs above STREAMED_ABOVE) are cropped to
+    image_size on the host, with crops keyed by the seed; in-memory ones are fitted to it once
+    (image folders) or come at it (CIFAR) and are augmented on the device.
     """
     source, splits = data_config.source, (data_config.train_split, data_config.eval_split)
+    if looks_like_path(source) and image_size and image_size > STREAMED_ABOVE:
+        sources, classes = folder_sources(source, splits, data_config.skip_corrupt)
+        return tuple(StreamedSplit(sources[split], classes, image_size, train=train, seed=seed,
+                                   threads=data_config.decode_threads)
+                     for split, train in ((splits[0], True), (splits[1], False)))
     if looks_like_path(source):
         loaded = load_image_folder(source, splits, data_config.cache_dir or default_cache_dir(),
-                                   data_config.skip_corrupt)
+                                   data_config.skip_corrupt, image_size)
     elif is_streamed(source):
         return open_streamed(source, *splits, data_config.tfds_data_dir,
                              data_config.tfds_download, data_config.tfds_manual_dir, image_size,
