@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The small-budget table of docs/NORMS.md: ResNet-14 with each normalisation, trained BN-only,
+# fully and as the random_k control (2 epochs), then VGG-11 with BatchNorm, BN-only against
+# random_k (1 epoch: it trains at about 13 images/s on the 2-core CPU). Two sweeps, resumable:
+# run the script again after an interruption.
+#   RUNS=~/bnjax-runs DATA=../shared/data/cifar10-jpeg.tar.gz bash launch/norms_table.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS=${RUNS:-$HOME/bnjax-runs}
+DATA=${DATA:-../shared/data/cifar10-jpeg.tar.gz}
+COMMON=(--config.data.source="$DATA" --config.train.steps_per_call=10)
+bnjax sweep --config=configs/cifar10.py:cifar_resnet_14 --workdir="$RUNS/norms_r14" "${COMMON[@]}" \
+  --config.train.epochs=2 "--config.train.lr_milestones=(1.5,)" \
+  --grid="model.norm=batchnorm,affine,groupnorm,layernorm;train.mode=bn,all,random_k"
+bnjax sweep --config=configs/cifar10.py:cifar_vgg_11 --workdir="$RUNS/norms_vgg11" "${COMMON[@]}" \
+  --config.train.epochs=1 "--config.train.lr_milestones=(0.5,)" --grid="train.mode=bn,random_k"
