@@ -126,3 +126,15 @@ def test_group_and_layer_norm_normalise_each_example_on_its_own():
         grouped = np.asarray(y).reshape(3, 4, 4, groups, 8 // groups)
         np.testing.assert_allclose(grouped.mean(axis=(1, 2, 4)), 0, atol=1e-5)
         np.testing.assert_allclose(grouped.std(axis=(1, 2, 4)), 1, atol=1e-3)
+
+
+def test_a_vgg_trains_exports_and_evaluates_from_its_export(tiny_config, tmp_path):
+    tiny_config.model.name = "cifar_vgg_11"
+    tiny_config.train.epochs = 1
+    metrics = train_and_evaluate(tiny_config, str(tmp_path / "run"))
+    path = str(tmp_path / "vgg.bnjax")
+    trained.export_workdir(str(tmp_path / "run"), path)
+    assert os.path.getsize(path) < 100_000  # 5,504 affine parameters and their statistics
+    result = trained.evaluate_export(path)
+    assert result["test_accuracy"] == metrics["test_accuracy"]
+    assert result["test_loss"] == metrics["test_loss"]
