@@ -51,7 +51,6 @@ def test_xla_cpu_defaults_are_added_and_user_flags_win():
 
 def test_apply_defaults_sets_flags_that_xla_accepts(tmp_path):
     import subprocess
-    import sys
     # XLA rejects unknown flags when the backend starts: this also checks that they exist.
     code = ("import os; from bnjax import xla_flags; xla_flags.apply_defaults(); import jax; "
             "jax.devices(); print(os.environ['XLA_FLAGS'])")

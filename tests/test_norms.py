@@ -3,7 +3,6 @@ layers in place of BatchNorm, each a config flag away."""
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

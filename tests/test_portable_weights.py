@@ -7,7 +7,6 @@ import statistics
 import subprocess
 import sys
 
-import jax
 import numpy as np
 import pytest
 

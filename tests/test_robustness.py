@@ -1,7 +1,6 @@
 """Every bad input and fault gets a clear answer, and nothing of the last good state is lost."""
 import errno
 import os
-import shutil
 import subprocess
 import sys
 import tarfile
