@@ -26,7 +26,6 @@ class BasicBlock(nn.Module):
     stride: int
     conv: Any
     norm: Any
-    expansion = 1
 
     @nn.compact
     def __call__(self, x):
@@ -41,7 +40,6 @@ class Bottleneck(nn.Module):
     stride: int
     conv: Any
     norm: Any
-    expansion = 4
 
     @nn.compact
     def __call__(self, x):
