@@ -29,7 +29,8 @@ class TrainedModel:
     description: dict  # the run description, the checkpoint step and final metrics
 
 
-def _rebuild(description: dict) -> tuple[ml_collections.ConfigDict, ModelSetup, TrainState]:
+def _rebuild(description: dict, where: str) -> tuple[ml_collections.ConfigDict, ModelSetup,
+                                                    TrainState]:
     """The model of a run description, frozen weights regenerated and checked against it."""
     config = config_lib.from_dict(description["config"])
     setup, state = initialize(config, description["num_classes"],
@@ -37,7 +38,7 @@ def _rebuild(description: dict) -> tuple[ml_collections.ConfigDict, ModelSetup, 
                               frozen_init=runinfo.frozen_init_of(description))
     current = runinfo.describe(config, setup.frozen_checksum, setup.frozen_init,
                                description["num_classes"], description["image_shape"])
-    runinfo.check_same_weights(description, current, "the export")
+    runinfo.check_same_weights(description, current, where)
     return config, setup, state
 
 
@@ -54,7 +55,7 @@ def from_workdir(workdir: str, step: int | None = None) -> TrainedModel:
             raise CheckpointError(f"{workdir} has no checkpoint at step {step}; it has "
                                   f"{sorted(manager.all_steps())}")
         meta = checkpoint.read_meta(manager, step)
-        config, setup, target = _rebuild(meta)
+        config, setup, target = _rebuild(meta, f"{workdir} (checkpoint step {step})")
         state = checkpoint.restore_state(manager, step, target)
     finally:
         manager.close()
@@ -70,7 +71,7 @@ def from_workdir(workdir: str, step: int | None = None) -> TrainedModel:
 
 def from_export(path: str) -> TrainedModel:
     description, trainable, batch_stats = export.read_export(path)
-    config, setup, state = _rebuild(description)
+    config, setup, state = _rebuild(description, path)
     if jax.tree.structure(trainable) != jax.tree.structure(state.trainable):
         raise CheckpointError(f"{path}: its trained leaves do not fit {config.model.name} in "
                               f"mode {config.train.mode}")
