@@ -260,7 +260,7 @@ def _train_loop(run, workdir, manager, state, history, open_window, description,
     with signals_received() as received, contextlib.closing(calls), \
             contextlib.closing(reporter), contextlib.closing(profiler):
         for steps, images, targets in calls:
-            profiler.before(steps[-1] + 1)
+            profiler.before(steps[0] + 1, steps[-1] + 1)
             state, metrics = run_call(state, frozen, steps, images, targets)
             profiler.after(steps[-1] + 1, metrics)
             window.add(metrics, len(steps))
@@ -313,8 +313,9 @@ class _Profiler:
         self.first, self.last = tuple(steps) or (None, None)
         self.folder, self.tracing, self.done = folder, False, not steps
 
-    def before(self, last_step_of_call: int) -> None:
-        if not self.done and not self.tracing and last_step_of_call >= self.first:
+    def before(self, first_step_of_call: int, last_step_of_call: int) -> None:
+        if (not self.done and not self.tracing and last_step_of_call >= self.first
+                and first_step_of_call <= self.last):
             jax.profiler.start_trace(self.folder)
             self.tracing = True
 
