@@ -175,3 +175,54 @@ def test_an_export_evaluates_the_same_on_a_machine_without_fma(tmp_path, image_f
     assert result["test_accuracy"] == metrics["test_accuracy"]
     assert result["test_loss"] == pytest.approx(metrics["test_loss"], rel=1e-5)
     assert math.isfinite(result["test_loss"])
+
+
+LEGACY_WORKDIR = os.path.join(REPO, "tests", "fixtures", "workdir_v1_cifar_resnet_8_4.tar.gz")
+
+
+def _legacy_workdir(tmp_path):
+    """A run made by bnjax 0.1.0 (checkpoint format 1), stopped at step 4 of 6."""
+    import tarfile
+
+    with tarfile.open(LEGACY_WORKDIR) as archive:
+        archive.extractall(tmp_path, filter="data")
+    return str(tmp_path / "run")
+
+
+def test_a_legacy_run_resumes_with_its_own_generator(tmp_path, image_folder):
+    """Its frozen weights are regenerated the old way and match its checksum on this machine
+    kind (with a different jaxlib, the documented refusal); the run finishes and stays legacy.
+    --branch because the fixture's data.source path was another machine's."""
+    from conftest import tiny_config_for
+
+    from bnjax.errors import CheckpointError
+    from bnjax.train import train_and_evaluate
+
+    workdir = _legacy_workdir(tmp_path)
+    with open(os.path.join(workdir, "run.json")) as f:
+        saved = json.load(f)
+    assert "frozen_init" not in saved
+    config = tiny_config_for(image_folder, str(tmp_path / "cache"))
+    try:
+        metrics = train_and_evaluate(config, workdir, branch=True)
+    except CheckpointError as error:
+        assert saved["versions"]["jaxlib"] != importlib.metadata.version("jaxlib"), error
+        assert "first generator (jax-v1)" in str(error)
+        return
+    assert metrics["frozen_checksum"] == saved["frozen_checksum"]
+    assert [entry["epoch"] for entry in metrics["history"]] == [1, 2]
+    with open(os.path.join(workdir, "run.json")) as f:
+        assert json.load(f)["frozen_init"] == initial_weights.LEGACY
+
+
+def test_a_legacy_run_on_a_machine_without_fma_is_refused_clearly(tmp_path, image_folder):
+    workdir = _legacy_workdir(tmp_path)
+    script = ("import sys\nsys.path.insert(0, 'tests')\n"
+              "from conftest import tiny_config_for\n"
+              "from bnjax.errors import CheckpointError\n"
+              "from bnjax.train import train_and_evaluate\n"
+              f"config = tiny_config_for({image_folder!r}, {str(tmp_path / 'cache')!r})\n"
+              f"try:\n    train_and_evaluate(config, {workdir!r}, branch=True)\n"
+              "except CheckpointError as error:\n    print('REFUSED', error)\n")
+    out = _run(script, {"XLA_FLAGS": "--xla_cpu_max_isa=SSE4_2"})
+    assert "REFUSED" in out and "first generator (jax-v1)" in out
