@@ -10,6 +10,7 @@ checkpoint and exits with 128 + the signal number.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import sys
@@ -95,9 +96,18 @@ def cmd_train() -> None:
     config = _config()
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                            _MULTI_PROCESS.value)
-    try:
+    with _exit_quietly_when_stopped():
         train.train_and_evaluate(config, workdir, stop_at_step=_STOP_AT_STEP.value,
                                  overwrite=_OVERWRITE.value, branch=_BRANCH.value)
+
+
+@contextlib.contextmanager
+def _exit_quietly_when_stopped():
+    """A stopped run (SIGTERM, --stop_at_step) logs one line and exits; no traceback."""
+    from bnjax import train
+
+    try:
+        yield
     except train.Interrupted as stop:
         logging.info("%s", stop)
         # 128 + signal number, as if killed by it, so schedulers treat the job as preempted
@@ -148,9 +158,10 @@ def cmd_sweep() -> None:
     root = _require_flag(_WORKDIR.value, "workdir", "--workdir=runs/sweep1")
     grid = _require_flag(_GRID.value, "grid", "--grid='train.mode=bn,output;seed=0,1'")
     config = _config()
-    sweep.run_sweep(config, grid, root, _LAUNCHER.value,
-                    config_flags.get_config_filename(flags.FLAGS["config"]),
-                    config_flags.get_override_values(flags.FLAGS["config"]))
+    with _exit_quietly_when_stopped():
+        sweep.run_sweep(config, grid, root, _LAUNCHER.value,
+                        config_flags.get_config_filename(flags.FLAGS["config"]),
+                        config_flags.get_override_values(flags.FLAGS["config"]))
 
 
 def cmd_aggregate() -> None:

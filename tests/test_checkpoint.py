@@ -134,6 +134,24 @@ def test_sigterm_saves_a_complete_checkpoint_and_resume_is_exact(image_folder, t
     _assert_records_equal(workdir, *cli_reference)
 
 
+def test_sigterm_stops_a_sweep_with_a_checkpoint_and_no_traceback(image_folder, tmp_path):
+    root = str(tmp_path / "sweep")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bnjax", "sweep", f"--config={REPO}/configs/smoke.py",
+         f"--workdir={root}", "--grid=seed=0", f"--config.data.source={image_folder}",
+         f"--config.data.cache_dir={tmp_path / 'cache'}", "--config.train.batch_size=2",
+         "--config.train.epochs=12", "--config.log.every_steps=50"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_log_lines(os.path.join(root, "seed=0"), 2, process)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    assert "a checkpoint was saved" in stderr and "Traceback" not in stderr
+    manager = checkpoint.open_manager(os.path.join(root, "seed=0"))
+    assert 24 <= manager.latest_step() < TOTAL_CLI_STEPS
+    manager.close()
+
+
 def test_after_kill_9_the_run_resumes_from_the_last_checkpoint(image_folder, tmp_path,
                                                                cli_reference):
     cache = tmp_path / "cache"
