@@ -79,15 +79,16 @@ class Throughput:
     """Training images per second, on a clock that pauses around evaluation and checkpointing.
 
     `window` closes a log window and returns its rate; `overall` averages every window but the
-    first after a (re)start, which includes compilation.
+    first after a (re)start, which includes compilation, over the segments before a resume too
+    (`carry` is what a checkpoint keeps of them).
     """
 
-    def __init__(self):
+    def __init__(self, carried: dict | None = None):
         self._start = time.perf_counter()
         self._paused = 0.0
         self._first = True
-        self._seconds = 0.0
-        self._images = 0
+        self._seconds = carried["train_s"] if carried else 0.0
+        self._images = carried["train_images"] if carried else 0
 
     @contextlib.contextmanager
     def paused(self):
@@ -108,6 +109,9 @@ class Throughput:
 
     def overall(self) -> float | None:
         return self._images / self._seconds if self._seconds else None
+
+    def carry(self) -> dict:
+        return {"train_s": self._seconds, "train_images": self._images}
 
 
 class Reporter:

@@ -93,8 +93,8 @@ def signals_received():
 
 
 def _resume(workdir: str, manager, state, description: dict, branch: bool):
-    """(state, history, open log window) to continue from: the newest readable checkpoint, or
-    the fresh state.
+    """(state, that checkpoint's metadata) to continue from: the newest readable checkpoint, or
+    the fresh state and {}.
 
     A damaged newest checkpoint (a crash mid-write, a corrupt disk) falls back to the one before.
     """
@@ -115,11 +115,11 @@ def _resume(workdir: str, manager, state, description: dict, branch: bool):
         for field, old, new in changed:
             logging.warning("branching from step %d: %s was %r, now %r", step, field, old, new)
         logging.info("resuming from the checkpoint at step %d", step)
-        return restored, saved["history"], saved.get("open_window")
+        return restored, saved
     if steps:
         raise CheckpointError(f"none of the checkpoints in {workdir} ({steps}) can be read; "
                               "use --overwrite to set the run aside and start over")
-    return state, [], None
+    return state, {}
 
 
 def _final_metrics(run: Run, history: list, speed: float | None, wall_time: float) -> dict:
@@ -157,11 +157,10 @@ def train_and_evaluate(config, workdir: str, stop_at_step: int | None = None,
         distributed.barrier("workdir ready")
         manager = checkpoint.open_manager(workdir, config.checkpoint)
         try:
-            state, history, open_window = _resume(workdir, manager, state, description, branch)
+            state, saved = _resume(workdir, manager, state, description, branch)
             if chief:
                 write_json(os.path.join(workdir, "run.json"), description)
-            return _train_loop(run, workdir, manager, state, history, open_window, description,
-                               stop_at_step)
+            return _train_loop(run, workdir, manager, state, saved, description, stop_at_step)
         finally:
             _finish_saves(manager)
 
@@ -234,8 +233,11 @@ def _save(manager, step: int, state, meta: dict, metrics: dict | None) -> None:
                             "resume.") from None
 
 
-def _train_loop(run, workdir, manager, state, history, open_window, description, stop_at_step):
+def _train_loop(run, workdir, manager, state, saved, description, stop_at_step):
+    """Train from `state` to the end; `saved` is the metadata of the checkpoint it resumes from
+    ({} for a fresh run): the history, the open log window and the time spent so far."""
     config, setup, schedule = run.config, run.setup, run.schedule
+    history, timing = saved.get("history", []), saved.get("timing")
     start_step = int(state.step)
     logging.info("%s, mode %s: %d of %d parameters trainable; step %d of %d (%d epochs x %d)",
                  config.model.name, config.train.mode, setup.trainable_params,
@@ -251,7 +253,8 @@ def _train_loop(run, workdir, manager, state, history, open_window, description,
     reporter = Reporter(workdir, schedule.total_steps, schedule.steps_per_epoch, start_step,
                         chief=distributed.is_chief())
     batch = config.train.batch_size
-    window, clock, started = Window(open_window), Throughput(), time.time()
+    window, clock = Window(saved.get("open_window")), Throughput(timing)
+    started = time.time() - (timing["wall_s"] if timing else 0.0)  # wall time up to checkpoints
     batches = train_batches(run.train_data, batch, config.seed, start_step,
                             schedule.total_steps, distributed.local_rows(batch))
     calls = prefetch(group_into_calls(batches, config.train.steps_per_call,
@@ -291,7 +294,9 @@ def _train_loop(run, workdir, manager, state, history, open_window, description,
                 with clock.paused():
                     _save(manager, done, state, {**description, "step": done,
                                                  "history": history,
-                                                 "open_window": window.carry()},
+                                                 "open_window": window.carry(),
+                                                 "timing": {"wall_s": time.time() - started,
+                                                            **clock.carry()}},
                           {"test_accuracy": eval_metrics["accuracy"]} if eval_metrics else None)
             if stopping:
                 manager.wait_until_finished()

@@ -65,7 +65,7 @@ def from_workdir(workdir: str, step: int | None = None) -> TrainedModel:
         with open(metrics_path) as f:
             metrics = {k: v for k, v in json.load(f).items() if k != "history"}
     description = {k: v for k, v in meta.items()
-                   if k not in ("format", "history", "open_window")}
+                   if k not in ("format", "history", "open_window", "timing")}
     return TrainedModel(config, setup, state, {**description, "step": step, "metrics": metrics})
 
 

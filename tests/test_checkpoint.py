@@ -45,9 +45,17 @@ def test_interrupted_in_process_then_resumed_matches_uninterrupted(finished, tmp
     with pytest.raises(Interrupted, match="stopped at step 4"):
         train_and_evaluate(config, workdir, stop_at_step=4)
     assert [r["step"] for r in _log(workdir)] == [1, 2, 3, 4]
+    manager = checkpoint.open_manager(workdir)
+    before = checkpoint.read_meta(manager, 4)["timing"]
+    manager.close()
+    started = time.time()
     resumed = train_and_evaluate(config, workdir)
+    second_segment = time.time() - started
     assert _log(workdir) == _log(reference_dir)
     assert _same_results(resumed, reference)
+    # the time and speed of a resumed run count the segment before the stop too
+    assert before["wall_s"] < resumed["wall_time_s"] <= before["wall_s"] + second_segment
+    assert before["train_images"] > 0
 
 
 def test_stops_inside_log_windows_record_what_an_uninterrupted_run_records(finished, tmp_path):
