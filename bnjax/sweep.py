@@ -134,17 +134,41 @@ def run_sweep(config, grid_spec: str, root: str, launcher: str, config_arg: str,
 
 COLUMNS = ("run", "model", "mode", "seed", "epochs", "trainable_params", "total_params",
            "test_accuracy", "test_loss", "train_accuracy", "wall_time_s")
+# config fields that COLUMNS already show
+_SHOWN_FIELDS = ("model.name", "train.mode", "seed", "train.epochs")
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = json.dumps(value)
+    return flat
 
 
 def collect(root: str) -> list[dict]:
-    rows = []
+    """A row per finished run under `root`: COLUMNS, then every config field whose value
+    differs between the runs (e.g. model.norm), from each run's run.json."""
+    rows, configs = [], []
     for name in sorted(os.listdir(root)):
         path = os.path.join(root, name, "metrics.json")
         if os.path.exists(path):
             with open(path) as f:
                 metrics = json.load(f)
+            with open(os.path.join(root, name, "run.json")) as f:
+                configs.append(_flatten(json.load(f)["config"]))
             rows.append({"run": name, **{c: metrics.get(c) for c in COLUMNS[1:]}})
+    fields = sorted({f for config in configs for f in config} - set(_SHOWN_FIELDS))
+    varied = [f for f in fields if len({config.get(f) for config in configs}) > 1]
+    for row, config in zip(rows, configs):
+        row.update({f: json.loads(config[f]) if f in config else None for f in varied})
     return rows
+
+
+def varied_fields(rows: list[dict]) -> list[str]:
+    return [key for key in rows[0] if key not in COLUMNS] if rows else []
 
 
 def _family(model_name: str) -> str:
@@ -152,6 +176,16 @@ def _family(model_name: str) -> str:
 
     spec = parse_name(model_name)
     return "deep ResNets (width 16)" if spec.width == 16 else f"ResNet-{spec.depth}, varying width"
+
+
+def _lines(rows: list[dict]) -> dict:
+    """{legend label: rows}: one line per training mode and value of each varied field."""
+    lines = {}
+    for row in rows:
+        label = ", ".join([row["mode"], *(f"{f.split('.')[-1]}={row[f]}"
+                                          for f in varied_fields(rows))])
+        lines.setdefault(label, []).append(row)
+    return dict(sorted(lines.items()))
 
 
 def plot(rows: list[dict], path: str) -> None:
@@ -163,12 +197,11 @@ def plot(rows: list[dict], path: str) -> None:
     families = sorted({_family(r["model"]) for r in rows})
     figure, axes = plt.subplots(1, len(families), figsize=(6 * len(families), 4.5), squeeze=False)
     for axis, family in zip(axes[0], families):
-        for mode in sorted({r["mode"] for r in rows}):
-            points = sorted((r["trainable_params"], 100 * r["test_accuracy"]) for r in rows
-                            if r["mode"] == mode and _family(r["model"]) == family
-                            and r["trainable_params"])
+        for label, members in _lines(rows).items():
+            points = sorted((r["trainable_params"], 100 * r["test_accuracy"]) for r in members
+                            if _family(r["model"]) == family and r["trainable_params"])
             if points:
-                axis.plot(*zip(*points), marker="o", label=mode)
+                axis.plot(*zip(*points), marker="o", label=label)
         axis.set_xscale("log")
         axis.set_xlabel("trainable parameters")
         axis.set_ylabel("test accuracy (%)")
@@ -186,14 +219,16 @@ def aggregate(root: str) -> list[dict]:
     if not rows:
         raise ConfigError(f"{root} holds no finished runs (no */metrics.json)")
     with open(os.path.join(root, "results.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    lines = ["| model | mode | seed | epochs | trainable | test accuracy (%) |",
-             "|---|---|---|---|---|---|"]
+    varied = varied_fields(rows)
+    header = ["model", "mode", *varied, "seed", "epochs", "trainable", "test accuracy (%)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in sorted(rows, key=lambda r: (r["model"], -r["test_accuracy"])):
-        lines.append(f"| {r['model']} | {r['mode']} | {r['seed']} | {r['epochs']} | "
-                     f"{r['trainable_params']:,} | {100 * r['test_accuracy']:.2f} |")
+        cells = [r["model"], r["mode"], *(str(r[f]) for f in varied), str(r["seed"]),
+                 str(r["epochs"]), f"{r['trainable_params']:,}", f"{100 * r['test_accuracy']:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
     with open(os.path.join(root, "results.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     plot(rows, os.path.join(root, "accuracy_vs_trainable.png"))

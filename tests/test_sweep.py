@@ -1,3 +1,4 @@
+import json
 import os
 
 import pytest
@@ -64,3 +65,36 @@ def test_local_sweep_runs_skips_finished_and_aggregates(tiny_config, tmp_path):
     assert os.path.getmtime(finished) == stamp
     table = open(os.path.join(root, "results.md")).read()
     assert "| cifar_resnet_8_4 | bn | 0 | 1 |" in table
+
+
+def _finished_run(root, name, config, accuracy):
+    """A run folder as a finished run leaves it (only the files aggregate reads)."""
+    folder = os.path.join(root, name)
+    os.makedirs(folder)
+    with open(os.path.join(folder, "run.json"), "w") as f:
+        json.dump({"config": config.to_dict()}, f)
+    with open(os.path.join(folder, "metrics.json"), "w") as f:
+        json.dump({"model": config.model.name, "mode": config.train.mode, "seed": config.seed,
+                   "epochs": config.train.epochs, "trainable_params": 1120,
+                   "total_params": 175258, "test_accuracy": accuracy, "test_loss": 1.0,
+                   "train_accuracy": 0.5, "wall_time_s": 9.0}, f)
+
+
+def test_aggregate_shows_the_fields_that_vary_between_runs(tmp_path):
+    """A sweep over model.norm gets a norm column, in the table, the CSV and the plot's legend;
+    fields equal in every run do not."""
+    root = str(tmp_path)
+    for norm, accuracy in (("batchnorm", 0.35), ("affine", 0.30)):
+        config = base_config()
+        config.model.name, config.model.norm = "cifar_resnet_14", norm
+        _finished_run(root, f"model.norm={norm}", config, accuracy)
+    rows = sweep.aggregate(root)
+    assert [(r["model.norm"], r["test_accuracy"]) for r in rows] == [("affine", 0.30),
+                                                                      ("batchnorm", 0.35)]
+    table = open(os.path.join(root, "results.md")).read().splitlines()
+    assert table[0] == ("| model | mode | model.norm | seed | epochs | trainable | "
+                        "test accuracy (%) |")
+    assert table[2] == "| cifar_resnet_14 | bn | batchnorm | 0 | 160 | 1,120 | 35.00 |"
+    with open(os.path.join(root, "results.csv")) as f:
+        assert f.readline().strip().endswith(",wall_time_s,model.norm")
+    assert list(sweep._lines(rows)) == ["bn, norm=affine", "bn, norm=batchnorm"]
