@@ -1,6 +1,7 @@
 """The budget curve of docs/REPRODUCTION.md: final test accuracy of BN-only ResNet-14 against the
 epochs it trained (each budget with its lr drops at 50% and 75%), beside the 160-epoch run's
-per-epoch test accuracy, from the runs of launch/reproduce.sh.
+per-epoch test accuracy, from the runs of launch/reproduce.sh, with the ResNet-14 BN-only rows of
+the short-budget tables committed in docs/ (3 epochs in REPRODUCTION.md, 2 in NORMS.md) marked.
 
     python launch/budget_curve.py --runs=~/bnjax-runs/reproduction \
       --out=docs/reproduction/budget_curve.png
@@ -8,6 +9,7 @@ per-epoch test accuracy, from the runs of launch/reproduce.sh.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 
@@ -16,7 +18,12 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-BUDGETS = (5, 10, 20, 40, 160)
+BUDGETS = (2, 3, 5, 10, 20, 40, 160)
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# (results.csv of a committed short-budget table, legend label); its ResNet-14 BN-only
+# BatchNorm row is marked
+SHORT_TABLES = (("docs/reproduction/results.csv", "3-epoch table (lr /10 at 2/3)"),
+                ("docs/norms/results.csv", "2-epoch norms table (lr /10 at 3/4)"))
 
 
 def load(runs: str) -> dict:
@@ -30,6 +37,21 @@ def load(runs: str) -> dict:
     return found
 
 
+def short_table_points() -> list:
+    """[(epochs, accuracy %, label)] of the committed short-budget tables."""
+    points = []
+    for path, label in SHORT_TABLES:
+        path = os.path.join(REPO, path)
+        if not os.path.exists(path):
+            continue
+        with open(path) as f:
+            for row in csv.DictReader(f):
+                if (row["model"], row["mode"], row.get("model.norm", "batchnorm")) == (
+                        "cifar_resnet_14", "bn", "batchnorm"):
+                    points.append((int(row["epochs"]), 100 * float(row["test_accuracy"]), label))
+    return points
+
+
 def plot(found: dict, out: str) -> None:
     figure, axis = plt.subplots(figsize=(6.4, 4.2))
     if 160 in found:
@@ -39,6 +61,8 @@ def plot(found: dict, out: str) -> None:
     budgets = sorted(found)
     axis.plot(budgets, [100 * found[b]["test_accuracy"] for b in budgets], "o-",
               color="C0", label="final accuracy of a run of that budget")
+    for (epochs, accuracy, label), marker in zip(short_table_points(), "sD"):
+        axis.plot([epochs], [accuracy], marker, color="C2", label=label)
     axis.axhspan(46, 49, color="C1", alpha=0.15, label="paper ~48%, PyTorch reproduction 46.9%")
     axis.set_xscale("log")
     axis.set_xticks(list(BUDGETS), [str(b) for b in BUDGETS])
