@@ -122,6 +122,32 @@ def test_conv_layer_equals_flax_conv_values_and_gradients(kernel, stride, paddin
     chex.assert_trees_all_close(ours_grads, flax_grads, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("size,kernel,stride,padding", [(2, 3, 1, ((1, 1), (1, 1))),
+                                                        (1, 3, 1, ((1, 1), (1, 1))),
+                                                        (2, 3, 2, ((1, 1), (1, 1))),
+                                                        (3, 5, 1, ((2, 1), (1, 2)))])
+def test_inputs_smaller_than_the_kernel_convolve_by_matmul_as_lax_does(size, kernel, stride,
+                                                                        padding):
+    from bnjax.models.conv import Conv, conv, uses_matmul_conv
+    x = jax.random.normal(jax.random.key(1), (4, size, size, 5))
+    layer = Conv(6, (kernel, kernel), (stride, stride), padding=padding)
+    params = layer.init(jax.random.key(0), x)
+    assert uses_matmul_conv(x.shape, (kernel, kernel))
+
+    def ours(p, x):
+        return jnp.sum(jnp.sin(layer.apply(p, x)))
+
+    def lax_conv(p, x):
+        return jnp.sum(jnp.sin(conv(x, p["params"]["kernel"], (stride, stride), padding)))
+
+    np.testing.assert_allclose(
+        layer.apply(params, x), conv(x, params["params"]["kernel"], (stride, stride), padding),
+        rtol=1e-6, atol=1e-6)
+    chex.assert_trees_all_close(jax.jit(jax.grad(ours, argnums=(0, 1)))(params, x),
+                                jax.jit(jax.grad(lax_conv, argnums=(0, 1)))(params, x),
+                                rtol=1e-5, atol=1e-5)
+
+
 def test_bfloat16_matmul_weight_gradient_accumulates_in_float32():
     from bnjax.models.conv import weight_grad_by_matmuls
     x = jax.random.normal(jax.random.key(1), (64, 16, 16, 8)).astype(jnp.bfloat16)
@@ -143,6 +169,14 @@ def test_conv_weight_gradient_choice_per_backend_and_size():
     assert not uses_matmul_weight_grad((128, 8, 8, 64), "cpu")  # lax's gradient is faster there
     assert not uses_matmul_weight_grad((128, 32, 32, 16), "gpu")
     assert not uses_matmul_weight_grad((128, 32, 32, 16), "tpu")
+
+
+def test_conv_forward_choice_per_backend_and_size():
+    from bnjax.models.conv import uses_matmul_conv
+    assert uses_matmul_conv((128, 2, 2, 512), (3, 3), "cpu")  # lax: ~90x slower there
+    assert not uses_matmul_conv((128, 3, 3, 512), (3, 3), "cpu")
+    assert not uses_matmul_conv((128, 2, 2, 512), (1, 1), "cpu")
+    assert not uses_matmul_conv((128, 2, 2, 512), (3, 3), "gpu")
 
 
 @pytest.mark.parametrize("with_residual, relu", [(False, False), (False, True), (True, True)])

@@ -1,14 +1,18 @@
-"""The convolution layer of bnjax's ResNets: nn.Conv's parameters, a faster weight gradient on CPU.
+"""The convolution layer of bnjax's networks: nn.Conv's parameters, faster paths on CPU.
 
 XLA:CPU computes a convolution's weight gradient as another convolution over transposed copies
 of the activations, and those transposes are a large part of a full-training step
 (docs/PERFORMANCE.md). On the CPU backend, layers whose input is at least 16x16 use a
 custom VJP instead: the weight gradient is one matrix product per kernel tap, between the
 strided, shifted slice of the padded input and the output gradient, each contracting batch and
-space; the input gradient and the forward pass stay lax convolutions. Smaller layers and every
-other backend use lax's gradient, which was as fast or faster there. Results equal lax's to
-float rounding (tests/test_models.py). Frozen kernels get no weight gradient either way: the
-unused product is dead code that XLA removes (tests/test_train.py counts what remains).
+space; the input gradient and the forward pass stay lax convolutions. Inputs smaller than the
+kernel (VGG's last 2x2 stage, ImageNet ResNets on small images) take another slow XLA:CPU
+path, about 90 times slower than the same work as one matrix product; there the whole
+convolution is that product, of the taps side by side (im2col) with the kernel, and autodiff
+gives its gradients. Other sizes and other backends use lax's convolution and gradient, which
+were as fast or faster there. Results equal lax's to float rounding (tests/test_models.py).
+Frozen kernels get no weight gradient either way: the unused product is dead code that XLA
+removes (tests/test_train.py counts what remains).
 """
 from __future__ import annotations
 
@@ -30,26 +34,39 @@ def conv(x, kernel, strides, padding):
     return lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=DIMENSIONS)
 
 
+def _taps(padded, kernel_hw, out_hw, strides):
+    """The strided, shifted slices of `padded` that each kernel tap (i, j) multiplies, in the
+    kernel's (HWIO) order."""
+    batch, in_features = padded.shape[0], padded.shape[3]
+    (kernel_h, kernel_w), (out_h, out_w), (stride_h, stride_w) = kernel_hw, out_hw, strides
+    return [lax.slice(padded, (0, i, j, 0),
+                      (batch, i + (out_h - 1) * stride_h + 1, j + (out_w - 1) * stride_w + 1,
+                       in_features), (1, stride_h, stride_w, 1))
+            for i in range(kernel_h) for j in range(kernel_w)]
+
+
+def conv_by_matmul(x, kernel, strides, padding):
+    """conv(x, kernel) as one matrix product: the taps side by side (im2col) times the kernel."""
+    kernel_h, kernel_w, _, out_features = kernel.shape
+    padded = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
+    out_hw = ((padded.shape[1] - kernel_h) // strides[0] + 1,
+              (padded.shape[2] - kernel_w) // strides[1] + 1)
+    patches = jnp.concatenate(_taps(padded, (kernel_h, kernel_w), out_hw, strides), axis=-1)
+    y = lax.dot_general(patches, kernel.reshape(-1, out_features), (((3,), (0,)), ((), ())),
+                        preferred_element_type=jnp.promote_types(x.dtype, jnp.float32))
+    return y.astype(x.dtype)
+
+
 def weight_grad_by_matmuls(x, dy, kernel_shape, strides, padding):
     """d(conv(x, w))/dw contracted with dy: for each tap (i, j), slice(x)^T @ dy, accumulated
     and returned in float32 (or the inputs' dtype where it is wider): a bfloat16 sum over
     batch x space would lose most of its digits."""
     kernel_h, kernel_w, in_features, out_features = kernel_shape
-    batch, out_h, out_w, _ = dy.shape
-    stride_h, stride_w = strides
     padded = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
-    dy = dy.reshape(-1, out_features)
-    taps = []
-    for i in range(kernel_h):
-        for j in range(kernel_w):
-            tap = lax.slice(padded, (0, i, j, 0),
-                            (batch, i + (out_h - 1) * stride_h + 1,
-                             j + (out_w - 1) * stride_w + 1, in_features),
-                            (1, stride_h, stride_w, 1))
-            taps.append(lax.dot_general(tap.reshape(-1, in_features), dy,
-                                        (((0,), (0,)), ((), ())),
-                                        preferred_element_type=jnp.promote_types(
-                                            x.dtype, jnp.float32)))
+    accumulate = jnp.promote_types(x.dtype, jnp.float32)
+    taps = [lax.dot_general(tap.reshape(-1, in_features), dy.reshape(-1, out_features),
+                            (((0,), (0,)), ((), ())), preferred_element_type=accumulate)
+            for tap in _taps(padded, (kernel_h, kernel_w), dy.shape[1:3], strides)]
     return jnp.stack(taps).reshape(kernel_shape)
 
 
@@ -69,6 +86,12 @@ def _backward(strides, padding, residuals, dy):
 
 
 conv_matmul_weight_grad.defvjp(_forward, _backward)
+
+
+def uses_matmul_conv(input_shape, kernel_shape, backend: str | None = None) -> bool:
+    backend = backend or jax.default_backend()
+    return backend == "cpu" and (input_shape[1] < kernel_shape[0]
+                                 or input_shape[2] < kernel_shape[1])
 
 
 def uses_matmul_weight_grad(input_shape, backend: str | None = None) -> bool:
@@ -102,7 +125,9 @@ class Conv(nn.Module):
         kernel = self.param("kernel", self.kernel_init, kernel_shape, jnp.float32)
         x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
         strides, padding = tuple(self.strides), _explicit_padding(self.padding)
-        if uses_matmul_weight_grad(x.shape):
+        if uses_matmul_conv(x.shape, kernel_shape):
+            y = conv_by_matmul(x, kernel, strides, padding)
+        elif uses_matmul_weight_grad(x.shape):
             y = conv_matmul_weight_grad(x, kernel, strides, padding)
         else:
             y = conv(x, kernel, strides, padding)
