@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The small-budget table of docs/NORMS.md: ResNet-14 with each normalisation, trained BN-only,
-# fully and as the random_k control (2 epochs), then VGG-11 with BatchNorm, BN-only against
-# random_k (1 epoch: it trains at about 13 images/s on the 2-core CPU). Two sweeps, resumable:
-# run the script again after an interruption.
+# fully and as the random_k control, then VGG-11 with BatchNorm, BN-only against random_k; every
+# row 2 epochs with the lr /10 after 1.5. Two sweeps, resumable: run the script again after an
+# interruption. About 1.5 hours of the 2-core CPU with another training beside it.
 #   RUNS=~/bnjax-runs DATA=../shared/data/cifar10-jpeg.tar.gz bash launch/norms_table.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,4 +13,4 @@ bnjax sweep --config=configs/cifar10.py:cifar_resnet_14 --workdir="$RUNS/norms_r
   --config.train.epochs=2 "--config.train.lr_milestones=(1.5,)" \
   --grid="model.norm=batchnorm,affine,groupnorm,layernorm;train.mode=bn,all,random_k"
 bnjax sweep --config=configs/cifar10.py:cifar_vgg_11 --workdir="$RUNS/norms_vgg11" "${COMMON[@]}" \
-  --config.train.epochs=1 "--config.train.lr_milestones=(0.5,)" --grid="train.mode=bn,random_k"
+  --config.train.epochs=2 "--config.train.lr_milestones=(1.5,)" --grid="train.mode=bn,random_k"
