@@ -111,7 +111,7 @@ def analyze(trained, data_source: str | None = None) -> dict:
     config = trained.config
     if data_source:
         config.data.source = data_source
-    _, test = data_lib.load_splits(
+    test = data_lib.load_eval_split(
         config.data, parse_name(config.model.name).image_size, config.seed)
     params = partition.merge(jax.device_get(trained.state.trainable), trained.setup.frozen)
     batch_stats = jax.device_get(trained.state.batch_stats)

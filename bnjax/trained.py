@@ -94,7 +94,7 @@ def evaluate_export(path: str, data_source: str | None = None) -> dict:
     config = trained.config
     if data_source:
         config.data.source = data_source
-    _, eval_data = data_lib.load_splits(
+    eval_data = data_lib.load_eval_split(
         config.data, parse_name(config.model.name).image_size, config.seed)
     mesh = make_mesh()
     state, frozen = replicate((trained.state, trained.setup.frozen), mesh)

@@ -200,3 +200,20 @@ def test_prefetch_thread_ends_when_its_consumer_stops_early(items):
                                          for t in threading.enumerate()):
         time.sleep(0.05)
     assert not [t for t in threading.enumerate() if t.name == "bnjax-prefetch" and t not in before]
+
+
+def test_the_eval_split_alone_is_the_eval_split_of_both_and_reads_no_training_image(tmp_path):
+    from bnjax.config import base_config
+    from bnjax.data import load_eval_split
+
+    data = base_config().data
+    data.source = write_image_folder(str(tmp_path / "images"))
+    data.cache_dir = str(tmp_path / "cache")
+    _, both = load_splits(data, 32)
+    with open(os.path.join(data.source, "train", CLASSES[0], "0000.png"), "wb") as f:
+        f.write(b"not an image")  # decoding the training split would now fail
+    data.cache_dir = str(tmp_path / "fresh_cache")
+    alone = load_eval_split(data, 32)
+    np.testing.assert_array_equal(alone.images, both.images)
+    np.testing.assert_array_equal(alone.labels, both.labels)
+    assert alone.class_names == both.class_names

@@ -40,4 +40,15 @@ def load_splits(data_config, image_size: int | None = None, seed: int = 0):
     return loaded[data_config.train_split], loaded[data_config.eval_split]
 
 
-__all__ = ["Dataset", "load_splits"]
+def load_eval_split(data_config, image_size: int | None = None, seed: int = 0):
+    """The eval split alone, as load_splits gives it; an image folder's training images are
+    not decoded (for evaluating an export on a fresh machine)."""
+    source = data_config.source
+    if looks_like_path(source) and not (image_size and image_size > STREAMED_ABOVE):
+        split = data_config.eval_split
+        return load_image_folder(source, (split,), data_config.cache_dir or default_cache_dir(),
+                                 data_config.skip_corrupt, image_size)[split]
+    return load_splits(data_config, image_size, seed)[1]
+
+
+__all__ = ["Dataset", "load_eval_split", "load_splits"]
