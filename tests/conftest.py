@@ -57,6 +57,26 @@ def tiny_config_for(image_folder, cache_dir):
     return config
 
 
+def resume_and_export(config, tmp_path, stop_at_step):
+    """Train `config` uninterrupted and stopped at `stop_at_step` then resumed, check the two
+    histories are equal, export the resumed run and evaluate the export: (reference metrics,
+    export path, evaluation)."""
+    from bnjax import trained
+    from bnjax.train import Interrupted, train_and_evaluate
+
+    reference = train_and_evaluate(config, str(tmp_path / "reference"))
+    workdir = str(tmp_path / "run")
+    with pytest.raises(Interrupted):
+        train_and_evaluate(config, workdir, stop_at_step=stop_at_step)
+    resumed = train_and_evaluate(config, workdir)
+    assert resumed["history"] == reference["history"]
+    path = str(tmp_path / "model.bnjax")
+    trained.export_workdir(workdir, path)
+    result = trained.evaluate_export(path)
+    assert result["test_accuracy"] == reference["test_accuracy"]
+    return reference, path, result
+
+
 @pytest.fixture()
 def tiny_config(image_folder, tmp_path):
     return tiny_config_for(image_folder, str(tmp_path / "cache"))

@@ -13,7 +13,8 @@ from bnjax.models.norms import NORMS
 from bnjax.state import initialize
 from bnjax.step import make_train_step
 from bnjax.summary import counts, render
-from bnjax.train import Interrupted, train_and_evaluate
+from bnjax.train import train_and_evaluate
+from conftest import resume_and_export
 
 
 def _vgg_counts(depth, classes=10):
@@ -98,17 +99,8 @@ def test_a_tiny_training_moves_only_the_affine_parameters(name, norm):
 def test_a_network_without_batch_statistics_resumes_exactly_and_exports(tiny_config,
                                                                          tmp_path):
     tiny_config.model.norm = "affine"
-    reference = train_and_evaluate(tiny_config, str(tmp_path / "reference"))
-    workdir = str(tmp_path / "run")
-    with pytest.raises(Interrupted):
-        train_and_evaluate(tiny_config, workdir, stop_at_step=4)
-    resumed = train_and_evaluate(tiny_config, workdir)
-    assert resumed["history"] == reference["history"]
-    path = str(tmp_path / "affine.bnjax")
-    trained.export_workdir(workdir, path)
+    reference, path, result = resume_and_export(tiny_config, tmp_path, stop_at_step=4)
     assert os.path.getsize(path) < 20_000
-    result = trained.evaluate_export(path)
-    assert result["test_accuracy"] == reference["test_accuracy"]
     assert result["test_loss"] == reference["test_loss"]
 
 

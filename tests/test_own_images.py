@@ -7,10 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bnjax import trained
 from bnjax.data import load_splits
 from bnjax.data.image_folder import decode, fit, load_image_folder
-from bnjax.train import Interrupted, train_and_evaluate
+from conftest import resume_and_export
 
 CLASSES = ("bright", "dark")
 SIZES = ((20, 30), (500, 375), (64, 48), (32, 32), (33, 100))
@@ -112,16 +111,7 @@ def _config(mixed, tmp_path, model):
 @pytest.mark.parametrize("model", ["cifar_resnet_8", "imagenet_resnet_18"])
 def test_a_mixed_folder_trains_resumes_exports_and_evaluates(mixed, tmp_path, model):
     config = _config(mixed, tmp_path, model)
-    reference = train_and_evaluate(config, str(tmp_path / "reference"))
-    workdir = str(tmp_path / "run")
-    with pytest.raises(Interrupted):
-        train_and_evaluate(config, workdir, stop_at_step=3)
-    resumed = train_and_evaluate(config, workdir)
-    assert resumed["history"] == reference["history"]
-    path = str(tmp_path / "model.bnjax")
-    trained.export_workdir(workdir, path)
-    result = trained.evaluate_export(path)
-    assert result["test_accuracy"] == reference["test_accuracy"]
+    _, _, result = resume_and_export(config, tmp_path, stop_at_step=3)
     assert result["examples"] == 4
 
 
