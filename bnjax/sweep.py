@@ -138,16 +138,6 @@ COLUMNS = ("run", "model", "mode", "seed", "epochs", "trainable_params", "total_
 _SHOWN_FIELDS = ("model.name", "train.mode", "seed", "train.epochs")
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = json.dumps(value)
-    return flat
-
-
 def collect(root: str) -> list[dict]:
     """A row per finished run under `root`: COLUMNS, then every config field whose value
     differs between the runs (e.g. model.norm), from each run's run.json."""
@@ -158,12 +148,13 @@ def collect(root: str) -> list[dict]:
             with open(path) as f:
                 metrics = json.load(f)
             with open(os.path.join(root, name, "run.json")) as f:
-                configs.append(_flatten(json.load(f)["config"]))
+                configs.append(dict(config_lib.flat_fields(json.load(f)["config"])))
             rows.append({"run": name, **{c: metrics.get(c) for c in COLUMNS[1:]}})
     fields = sorted({f for config in configs for f in config} - set(_SHOWN_FIELDS))
-    varied = [f for f in fields if len({config.get(f) for config in configs}) > 1]
+    varied = [f for f in fields  # values may be lists: compared by their JSON
+              if len({json.dumps(config.get(f)) for config in configs}) > 1]
     for row, config in zip(rows, configs):
-        row.update({f: json.loads(config[f]) if f in config else None for f in varied})
+        row.update({f: config.get(f) for f in varied})
     return rows
 
 
@@ -180,10 +171,9 @@ def _family(model_name: str) -> str:
 
 def _lines(rows: list[dict]) -> dict:
     """{legend label: rows}: one line per training mode and value of each varied field."""
-    lines = {}
+    lines, varied = {}, varied_fields(rows)
     for row in rows:
-        label = ", ".join([row["mode"], *(f"{f.split('.')[-1]}={row[f]}"
-                                          for f in varied_fields(rows))])
+        label = ", ".join([row["mode"], *(f"{f.split('.')[-1]}={row[f]}" for f in varied)])
         lines.setdefault(label, []).append(row)
     return dict(sorted(lines.items()))
 

@@ -22,14 +22,13 @@ def load_splits(data_config, image_size: int | None = None, seed: int = 0):
     (image folders) or come at it (CIFAR) and are augmented on the device.
     """
     source, splits = data_config.source, (data_config.train_split, data_config.eval_split)
-    if looks_like_path(source) and image_size and image_size > STREAMED_ABOVE:
+    if _streams_folder(source, image_size):
         sources, classes = folder_sources(source, splits, data_config.skip_corrupt)
         return tuple(StreamedSplit(sources[split], classes, image_size, train=train, seed=seed,
                                    threads=data_config.decode_threads)
                      for split, train in ((splits[0], True), (splits[1], False)))
     if looks_like_path(source):
-        loaded = load_image_folder(source, splits, data_config.cache_dir or default_cache_dir(),
-                                   data_config.skip_corrupt, image_size)
+        loaded = _folder_in_memory(data_config, splits, image_size)
     elif is_streamed(source):
         return open_streamed(source, *splits, data_config.tfds_data_dir,
                              data_config.tfds_download, data_config.tfds_manual_dir, image_size,
@@ -43,12 +42,20 @@ def load_splits(data_config, image_size: int | None = None, seed: int = 0):
 def load_eval_split(data_config, image_size: int | None = None, seed: int = 0):
     """The eval split alone, as load_splits gives it; an image folder's training images are
     not decoded (for evaluating an export on a fresh machine)."""
-    source = data_config.source
-    if looks_like_path(source) and not (image_size and image_size > STREAMED_ABOVE):
-        split = data_config.eval_split
-        return load_image_folder(source, (split,), data_config.cache_dir or default_cache_dir(),
-                                 data_config.skip_corrupt, image_size)[split]
+    source, split = data_config.source, data_config.eval_split
+    if looks_like_path(source) and not _streams_folder(source, image_size):
+        return _folder_in_memory(data_config, (split,), image_size)[split]
     return load_splits(data_config, image_size, seed)[1]
+
+
+def _streams_folder(source: str, image_size: int | None) -> bool:
+    return looks_like_path(source) and bool(image_size) and image_size > STREAMED_ABOVE
+
+
+def _folder_in_memory(data_config, splits, image_size):
+    return load_image_folder(data_config.source, splits,
+                             data_config.cache_dir or default_cache_dir(),
+                             data_config.skip_corrupt, image_size)
 
 
 __all__ = ["Dataset", "load_eval_split", "load_splits"]
