@@ -203,6 +203,45 @@ def plot(rows: list[dict], path: str) -> None:
     plt.close(figure)
 
 
+def _markdown(header: list[str], body: list[list[str]]) -> str:
+    lines = [header, ["---"] * len(header), *body]
+    return "".join("| " + " | ".join(cells) + " |\n" for cells in lines)
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """A line per run, best first within each model."""
+    varied = varied_fields(rows)
+    header = ["model", "mode", *varied, "seed", "epochs", "trainable", "test accuracy (%)"]
+    body = [[r["model"], r["mode"], *(str(r[f]) for f in varied), str(r["seed"]),
+             str(r["epochs"]), f"{r['trainable_params']:,}", f"{100 * r['test_accuracy']:.2f}"]
+            for r in sorted(rows, key=lambda r: (r["model"], -r["test_accuracy"]))]
+    return _markdown(header, body)
+
+
+def markdown_pivot(rows: list[dict]) -> str:
+    """Test accuracy with a column per training mode and a line per model, epochs and value of
+    the other varied fields; several seeds give their mean, spread and count."""
+    varied = varied_fields(rows)
+    modes = [m for m in config_lib.MODES if any(r["mode"] == m for r in rows)]
+    cells: dict = {}
+    for r in rows:
+        key = (r["model"], *(json.dumps(r[f]) for f in varied), r["epochs"])
+        cells.setdefault(key, {}).setdefault(r["mode"], []).append(100 * r["test_accuracy"])
+    body = []
+    for key in sorted(cells):
+        line = [key[0], *(str(json.loads(v)) for v in key[1:-1]), str(key[-1])]
+        for mode in modes:
+            values = cells[key].get(mode, [])
+            mean = sum(values) / len(values) if values else None
+            if len(values) > 1:
+                spread = (max(values) - min(values)) / 2
+                line.append(f"{mean:.2f} ± {spread:.2f} ({len(values)} seeds)")
+            else:
+                line.append(f"{mean:.2f}" if values else "")
+        body.append(line)
+    return _markdown(["model", *varied, "epochs", *modes], body)
+
+
 def aggregate(root: str) -> list[dict]:
     """Write ROOT/results.csv, ROOT/results.md and ROOT/accuracy_vs_trainable.png."""
     rows = collect(root)
@@ -212,15 +251,10 @@ def aggregate(root: str) -> list[dict]:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    varied = varied_fields(rows)
-    header = ["model", "mode", *varied, "seed", "epochs", "trainable", "test accuracy (%)"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for r in sorted(rows, key=lambda r: (r["model"], -r["test_accuracy"])):
-        cells = [r["model"], r["mode"], *(str(r[f]) for f in varied), str(r["seed"]),
-                 str(r["epochs"]), f"{r['trainable_params']:,}", f"{100 * r['test_accuracy']:.2f}"]
-        lines.append("| " + " | ".join(cells) + " |")
     with open(os.path.join(root, "results.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+        f.write(markdown_table(rows))
+        if len({r["mode"] for r in rows}) > 1:
+            f.write("\nTest accuracy (%) by training mode:\n\n" + markdown_pivot(rows))
     plot(rows, os.path.join(root, "accuracy_vs_trainable.png"))
     logging.info("wrote results.csv, results.md and accuracy_vs_trainable.png in %s", root)
     return rows

@@ -98,3 +98,23 @@ def test_aggregate_shows_the_fields_that_vary_between_runs(tmp_path):
     with open(os.path.join(root, "results.csv")) as f:
         assert f.readline().strip().endswith(",wall_time_s,model.norm")
     assert list(sweep._lines(rows)) == ["bn, norm=affine", "bn, norm=batchnorm"]
+
+
+def test_aggregate_pivots_accuracy_by_training_mode(tmp_path):
+    """results.md ends with a table of a line per model and norm and a column per mode; two
+    seeds give their mean, half their range and the count; a missing run leaves a blank cell."""
+    root = str(tmp_path)
+    runs = (("batchnorm", "bn", 0, 0.35), ("batchnorm", "bn", 1, 0.37),
+            ("batchnorm", "random_k", 0, 0.19), ("affine", "bn", 0, 0.30))
+    for norm, mode, seed, accuracy in runs:
+        config = base_config()
+        config.model.name, config.model.norm, config.train.mode = "cifar_resnet_14", norm, mode
+        config.seed = seed
+        _finished_run(root, f"{norm}_{mode}_{seed}", config, accuracy)
+    sweep.aggregate(root)
+    table = open(os.path.join(root, "results.md")).read().split("by training mode:\n\n")[1]
+    assert table.splitlines() == [
+        "| model | model.norm | epochs | bn | random_k |",
+        "| --- | --- | --- | --- | --- |",
+        "| cifar_resnet_14 | affine | 160 | 30.00 |  |",
+        "| cifar_resnet_14 | batchnorm | 160 | 36.00 ± 1.00 (2 seeds) | 19.00 |"]
