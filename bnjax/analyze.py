@@ -127,7 +127,8 @@ def analyze(trained, data_source: str | None = None) -> dict:
                           config.eval.batch_size)
         ablation.append({"fraction_zeroed": fraction, "test_accuracy": result["accuracy"]})
     gamma_by_layer = gammas(params)
-    return {"model": config.model.name, "mode": config.train.mode, "seed": config.seed,
+    return {"model": config.model.name, "norm": config.model.norm, "mode": config.train.mode,
+            "seed": config.seed,
             "step": trained.description.get("step"),
             "gamma": gamma_statistics(gamma_by_layer),
             "disabled": disabled_channels(model, {"params": params, "batch_stats": batch_stats},
@@ -137,7 +138,8 @@ def analyze(trained, data_source: str | None = None) -> dict:
 
 
 def _label(result: dict) -> str:
-    return f"{result['model']} {result['mode']}"
+    norm = "" if result["norm"] == "batchnorm" else f" ({result['norm']})"
+    return f"{result['model']}{norm} {result['mode']}"
 
 
 def plot_histograms(results: list[dict], path: str) -> None:
@@ -209,7 +211,8 @@ def write_outputs(results: list[dict], out_dir: str) -> list[str]:
     os.makedirs(out_dir, exist_ok=True)
     written = []
     for index, result in enumerate(results, 1):
-        name = f"{index}_{result['model']}_{result['mode']}_seed{result['seed']}"
+        norm = "" if result["norm"] == "batchnorm" else f"_{result['norm']}"
+        name = f"{index}_{result['model']}{norm}_{result['mode']}_seed{result['seed']}"
         path = os.path.join(out_dir, f"analysis_{name}.json")
         with open(path, "w") as f:
             json.dump({k: v for k, v in result.items() if not k.startswith("_")}, f, indent=2)

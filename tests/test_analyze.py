@@ -96,3 +96,8 @@ def test_every_family_and_normalisation_is_analyzed(image_folder, tmp_path, name
     stages = set(result["gamma"]["by_stage"])
     assert stages == ({f"layer{i}" for i in range(8)} if name == "cifar_vgg_11"
                       else {"stem", "stage1", "stage2", "stage3"})
+    written = analyze.write_outputs([result], str(tmp_path / "out"))
+    label, file_name = ((name, f"analysis_1_{name}_bn") if norm == "batchnorm"
+                        else (f"{name} ({norm})", f"analysis_1_{name}_{norm}_bn"))
+    assert open(tmp_path / "out" / "report.md").readline() == f"| | {label} bn |\n"
+    assert any(os.path.basename(p).startswith(file_name) for p in written)
