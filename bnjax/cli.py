@@ -170,7 +170,7 @@ def cmd_aggregate() -> None:
     root = _require_flag(_WORKDIR.value, "workdir", "--workdir=runs/sweep1")
     rows = sweep.aggregate(root)
     print(open(f"{root}/results.md").read(), end="")
-    print(f"{len(rows)} runs; wrote results.csv, results.md, accuracy_vs_trainable.png in {root}")
+    print(f"{len(rows)} runs; wrote results.csv, results.md and the plots in {root}")
 
 
 def cmd_analyze() -> None:

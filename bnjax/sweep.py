@@ -218,32 +218,73 @@ def markdown_table(rows: list[dict]) -> str:
     return _markdown(header, body)
 
 
-def markdown_pivot(rows: list[dict]) -> str:
-    """Test accuracy with a column per training mode and a line per model, epochs and value of
-    the other varied fields; several seeds give their mean, spread and count."""
+def by_mode(rows: list[dict]) -> tuple[list[str], list[str], dict]:
+    """(modes, header of the line labels, {line label cells: {mode: [accuracy %, ...]}}): a line
+    per model, value of each other varied field and epochs; a list per seed."""
     varied = varied_fields(rows)
     modes = [m for m in config_lib.MODES if any(r["mode"] == m for r in rows)]
-    cells: dict = {}
-    for r in rows:
-        key = (r["model"], *(json.dumps(r[f]) for f in varied), r["epochs"])
-        cells.setdefault(key, {}).setdefault(r["mode"], []).append(100 * r["test_accuracy"])
+    lines: dict = {}
+    for r in sorted(rows, key=lambda r: (r["model"], *(json.dumps(r[f]) for f in varied),
+                                         r["epochs"])):
+        label = (r["model"], *(str(r[f]) for f in varied), str(r["epochs"]))
+        lines.setdefault(label, {}).setdefault(r["mode"], []).append(100 * r["test_accuracy"])
+    return modes, ["model", *varied, "epochs"], lines
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def markdown_pivot(rows: list[dict]) -> str:
+    """Test accuracy with a column per training mode; several seeds give their mean, half
+    their range and their count."""
+    modes, header, lines = by_mode(rows)
     body = []
-    for key in sorted(cells):
-        line = [key[0], *(str(json.loads(v)) for v in key[1:-1]), str(key[-1])]
-        for mode in modes:
-            values = cells[key].get(mode, [])
-            mean = sum(values) / len(values) if values else None
+    for label, accuracies in lines.items():
+        cells = []
+        for values in (accuracies.get(mode, []) for mode in modes):
             if len(values) > 1:
                 spread = (max(values) - min(values)) / 2
-                line.append(f"{mean:.2f} ± {spread:.2f} ({len(values)} seeds)")
+                cells.append(f"{_mean(values):.2f} ± {spread:.2f} ({len(values)} seeds)")
             else:
-                line.append(f"{mean:.2f}" if values else "")
-        body.append(line)
-    return _markdown(["model", *varied, "epochs", *modes], body)
+                cells.append(f"{values[0]:.2f}" if values else "")
+        body.append([*label, *cells])
+    return _markdown([*header, *modes], body)
+
+
+def plot_by_mode(rows: list[dict], path: str) -> None:
+    """Grouped bars: a group per line of the pivot, a bar per training mode (seeds averaged)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    modes, header, lines = by_mode(rows)
+    labels = [dict(zip(header, label)) for label in lines]
+    labels = [{**label, "epochs": f"{label['epochs']} epochs"} for label in labels]
+    shared = [f for f in header if len({label[f] for label in labels}) == 1]
+    width = 0.8 / len(modes)
+    figure, axis = plt.subplots(figsize=(max(5, 1.3 * len(lines) * len(modes) ** 0.5), 4))
+    for index, mode in enumerate(modes):
+        offset = (index - (len(modes) - 1) / 2) * width
+        bars = [(group + offset, _mean(acc[mode]))
+                for group, acc in enumerate(lines.values()) if mode in acc]
+        drawn = axis.bar(*zip(*bars), width, label=mode)
+        axis.bar_label(drawn, fmt="%.1f", fontsize=7)
+    axis.set_xticks(range(len(lines)), ["\n".join(v for f, v in label.items() if f not in shared)
+                                        for label in labels], fontsize=8)
+    axis.set_title(", ".join(labels[0][f] for f in shared), fontsize=10)
+    axis.set_ylim(0, 100)
+    axis.set_ylabel("test accuracy (%)")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
 
 
 def aggregate(root: str) -> list[dict]:
-    """Write ROOT/results.csv, ROOT/results.md and ROOT/accuracy_vs_trainable.png."""
+    """Write ROOT/results.csv, ROOT/results.md, ROOT/accuracy_vs_trainable.png and, when the
+    runs differ in training mode, ROOT/accuracy_by_mode.png."""
     rows = collect(root)
     if not rows:
         raise ConfigError(f"{root} holds no finished runs (no */metrics.json)")
@@ -251,10 +292,15 @@ def aggregate(root: str) -> list[dict]:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
+    several_modes = len({r["mode"] for r in rows}) > 1
     with open(os.path.join(root, "results.md"), "w") as f:
         f.write(markdown_table(rows))
-        if len({r["mode"] for r in rows}) > 1:
+        if several_modes:
             f.write("\nTest accuracy (%) by training mode:\n\n" + markdown_pivot(rows))
-    plot(rows, os.path.join(root, "accuracy_vs_trainable.png"))
-    logging.info("wrote results.csv, results.md and accuracy_vs_trainable.png in %s", root)
+    written = ["results.csv", "results.md", "accuracy_vs_trainable.png"]
+    plot(rows, os.path.join(root, written[-1]))
+    if several_modes:
+        written.append("accuracy_by_mode.png")
+        plot_by_mode(rows, os.path.join(root, written[-1]))
+    logging.info("wrote %s in %s", ", ".join(written), root)
     return rows

@@ -54,7 +54,8 @@ def test_local_sweep_runs_skips_finished_and_aggregates(tiny_config, tmp_path):
     tiny_config.train.epochs = 1
     root = str(tmp_path / "sweep")
     sweep.run_sweep(tiny_config, "train.mode=bn,none", root, "local", "x.py", {})
-    for name in ("results.csv", "results.md", "accuracy_vs_trainable.png"):
+    for name in ("results.csv", "results.md", "accuracy_vs_trainable.png",
+                 "accuracy_by_mode.png"):
         assert os.path.getsize(os.path.join(root, name)) > 0
     rows = sweep.collect(root)
     assert sorted(r["mode"] for r in rows) == ["bn", "none"]
@@ -89,6 +90,7 @@ def test_aggregate_shows_the_fields_that_vary_between_runs(tmp_path):
         config.model.name, config.model.norm = "cifar_resnet_14", norm
         _finished_run(root, f"model.norm={norm}", config, accuracy)
     rows = sweep.aggregate(root)
+    assert not os.path.exists(os.path.join(root, "accuracy_by_mode.png"))  # one mode only
     assert [(r["model.norm"], r["test_accuracy"]) for r in rows] == [("affine", 0.30),
                                                                       ("batchnorm", 0.35)]
     table = open(os.path.join(root, "results.md")).read().splitlines()
@@ -118,3 +120,4 @@ def test_aggregate_pivots_accuracy_by_training_mode(tmp_path):
         "| --- | --- | --- | --- | --- |",
         "| cifar_resnet_14 | affine | 160 | 30.00 |  |",
         "| cifar_resnet_14 | batchnorm | 160 | 36.00 ± 1.00 (2 seeds) | 19.00 |"]
+    assert os.path.getsize(os.path.join(root, "accuracy_by_mode.png")) > 0
