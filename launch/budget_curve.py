@@ -23,7 +23,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # (results.csv of a committed short-budget table, legend label); its ResNet-14 BN-only
 # BatchNorm row is marked
 SHORT_TABLES = (("docs/reproduction/results.csv", "3-epoch table (lr /10 at 2/3)"),
-                ("docs/norms/results.csv", "2-epoch norms table (lr /10 at 3/4)"))
+                ("docs/norms/resnet14/results.csv", "2-epoch norms table (lr /10 at 3/4)"))
 
 
 def load(runs: str) -> dict:
