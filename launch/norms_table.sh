@@ -2,7 +2,8 @@
 # The small-budget table of docs/NORMS.md: ResNet-14 with each normalisation, trained BN-only,
 # fully and as the random_k control, then VGG-11 with BatchNorm, BN-only against random_k; every
 # row 2 epochs with the lr /10 after 1.5. Two sweeps, resumable: run the script again after an
-# interruption. About 1.5 hours of the 2-core CPU with another training beside it.
+# interruption. Measured: 2.5 hours of wall time on the 2-core CPU, sharing it with other
+# trainings (docs/NORMS.md).
 #   RUNS=~/bnjax-runs DATA=../shared/data/cifar10-jpeg.tar.gz bash launch/norms_table.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
