@@ -208,13 +208,28 @@ def _markdown(header: list[str], body: list[list[str]]) -> str:
     return "".join("| " + " | ".join(cells) + " |\n" for cells in lines)
 
 
+def _model_order(name: str) -> tuple:
+    """cifar_resnet_14 before cifar_resnet_110, narrower before wider."""
+    from bnjax.models import parse_name
+
+    spec = parse_name(name)
+    return spec.family, spec.depth, spec.width
+
+
+def _value_order(value) -> tuple:
+    """Numbers by value, before anything else by its JSON."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return 0, value, ""
+    return 1, 0, json.dumps(value)
+
+
 def markdown_table(rows: list[dict]) -> str:
     """A line per run, best first within each model."""
     varied = varied_fields(rows)
     header = ["model", "mode", *varied, "seed", "epochs", "trainable", "test accuracy (%)"]
     body = [[r["model"], r["mode"], *(str(r[f]) for f in varied), str(r["seed"]),
              str(r["epochs"]), f"{r['trainable_params']:,}", f"{100 * r['test_accuracy']:.2f}"]
-            for r in sorted(rows, key=lambda r: (r["model"], -r["test_accuracy"]))]
+            for r in sorted(rows, key=lambda r: (_model_order(r["model"]), -r["test_accuracy"]))]
     return _markdown(header, body)
 
 
@@ -224,8 +239,8 @@ def by_mode(rows: list[dict]) -> tuple[list[str], list[str], dict]:
     varied = varied_fields(rows)
     modes = [m for m in config_lib.MODES if any(r["mode"] == m for r in rows)]
     lines: dict = {}
-    for r in sorted(rows, key=lambda r: (r["model"], *(json.dumps(r[f]) for f in varied),
-                                         r["epochs"])):
+    for r in sorted(rows, key=lambda r: (_model_order(r["model"]),
+                                         *(_value_order(r[f]) for f in varied), r["epochs"])):
         label = (r["model"], *(str(r[f]) for f in varied), str(r["epochs"]))
         lines.setdefault(label, {}).setdefault(r["mode"], []).append(100 * r["test_accuracy"])
     return modes, ["model", *varied, "epochs"], lines

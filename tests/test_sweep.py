@@ -121,3 +121,22 @@ def test_aggregate_pivots_accuracy_by_training_mode(tmp_path):
         "| cifar_resnet_14 | affine | 160 | 30.00 |  |",
         "| cifar_resnet_14 | batchnorm | 160 | 36.00 ± 1.00 (2 seeds) | 19.00 |"]
     assert os.path.getsize(os.path.join(root, "accuracy_by_mode.png")) > 0
+
+
+def test_aggregate_orders_models_by_depth_and_numbers_by_value(tmp_path):
+    """cifar_resnet_14 before cifar_resnet_110 and batch 64 before 128, whatever the folders'
+    names; in the table of runs and in the pivot."""
+    root = str(tmp_path)
+    runs = (("cifar_resnet_110", 64, "bn"), ("cifar_resnet_14", 128, "bn"),
+            ("cifar_resnet_14", 64, "bn"), ("cifar_resnet_14", 64, "all"))
+    for index, (name, batch, mode) in enumerate(runs):
+        config = base_config()
+        config.model.name, config.train.batch_size, config.train.mode = name, batch, mode
+        _finished_run(root, f"run{index}", config, 0.4)
+    sweep.aggregate(root)
+    runs_table, pivot = open(os.path.join(root, "results.md")).read().split("by training mode:")
+    assert [line.split(" | ")[0:3] for line in runs_table.splitlines()[2:] if line.startswith("|")] == [
+        ["| cifar_resnet_14", "bn", "128"], ["| cifar_resnet_14", "bn", "64"],
+        ["| cifar_resnet_14", "all", "64"], ["| cifar_resnet_110", "bn", "64"]]
+    assert [line.split(" | ")[0:2] for line in pivot.strip().splitlines()[2:]] == [
+        ["| cifar_resnet_14", "64"], ["| cifar_resnet_14", "128"], ["| cifar_resnet_110", "64"]]
