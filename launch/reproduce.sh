@@ -23,7 +23,8 @@ declare -A FLAGS=(
   [r20_bn_160]="--config=configs/cifar10.py:cifar_resnet_20"
   [r32_bn_160]="--config=configs/cifar10.py:cifar_resnet_32"
 )
-ORDER=(r14_bn_160 r14_bn_5 r14_bn_10 r14_bn_20 r14_bn_40 r20_bn_160 r32_bn_160)
+# r32 before r20: the paper and the PyTorch reproduction report ResNet-32, not ResNet-20
+ORDER=(r14_bn_160 r14_bn_5 r14_bn_10 r14_bn_20 r14_bn_40 r32_bn_160 r20_bn_160)
 
 if [[ "${1:-}" == "--list" ]]; then
   for name in "${ORDER[@]}"; do echo "$name: ${FLAGS[$name]} ${COMMON[*]}"; done
