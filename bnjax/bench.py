@@ -93,8 +93,8 @@ def run_bench(config, warmup: int = 3, steps: int = 20) -> dict:
     jax.block_until_ready(placed)
     input_rate = count * batch / (time.perf_counter() - start)
 
-    return {"model": config.model.name, "mode": config.train.mode, "batch": batch,
-            "steps_per_call": per_call,
+    return {"model": config.model.name, "norm": config.model.norm, "mode": config.train.mode,
+            "batch": batch, "steps_per_call": per_call,
             "eval_batch": eval_batch, "dtype": config.model.dtype,
             "backend": jax.default_backend(), "device_count": jax.device_count(),
             "device": str(jax.devices()[0].device_kind),
@@ -108,7 +108,8 @@ def run_bench(config, warmup: int = 3, steps: int = 20) -> dict:
 
 
 def render(result: dict) -> str:
-    rows = [("model", f"{result['model']} ({result['mode']}, {result['dtype']})"),
+    setting = f"{result['norm']}, {result['mode']}, {result['dtype']}"
+    rows = [("model", f"{result['model']} ({setting})"),
             ("backend", f"{result['backend']} x{result['device_count']} ({result['device']})"),
             ("compile (first train step)", f"{result['compile_s']:.1f} s"),
             (f"train step, batch {result['batch']}"

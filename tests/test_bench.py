@@ -18,7 +18,7 @@ def test_bench_reports_every_figure_as_a_table_and_json():
         assert result[key] > 0, key
     assert result["backend"] == "cpu" and result["device_count"] >= 1
     text = bench.render(result)
-    assert "train step, batch 8" in text
+    assert "train step, batch 8" in text and "(batchnorm, bn, float32)" in text
     assert json.loads(text.splitlines()[-1]) == result
 
 

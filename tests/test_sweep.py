@@ -135,7 +135,8 @@ def test_aggregate_orders_models_by_depth_and_numbers_by_value(tmp_path):
         _finished_run(root, f"run{index}", config, 0.4)
     sweep.aggregate(root)
     runs_table, pivot = open(os.path.join(root, "results.md")).read().split("by training mode:")
-    assert [line.split(" | ")[0:3] for line in runs_table.splitlines()[2:] if line.startswith("|")] == [
+    run_lines = [line for line in runs_table.splitlines()[2:] if line.startswith("|")]
+    assert [line.split(" | ")[0:3] for line in run_lines] == [
         ["| cifar_resnet_14", "bn", "128"], ["| cifar_resnet_14", "bn", "64"],
         ["| cifar_resnet_14", "all", "64"], ["| cifar_resnet_110", "bn", "64"]]
     assert [line.split(" | ")[0:2] for line in pivot.strip().splitlines()[2:]] == [
