@@ -299,7 +299,8 @@ def plot_by_mode(rows: list[dict], path: str) -> None:
 
 def aggregate(root: str) -> list[dict]:
     """Write ROOT/results.csv, ROOT/results.md, ROOT/accuracy_vs_trainable.png and, when the
-    runs differ in training mode, ROOT/accuracy_by_mode.png."""
+    runs differ in training mode or repeat a setting with other seeds, the pivot by mode in
+    results.md and ROOT/accuracy_by_mode.png."""
     rows = collect(root)
     if not rows:
         raise ConfigError(f"{root} holds no finished runs (no */metrics.json)")
@@ -307,14 +308,15 @@ def aggregate(root: str) -> list[dict]:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    several_modes = len({r["mode"] for r in rows}) > 1
+    modes, _, lines = by_mode(rows)
+    pivot_adds = len(modes) > 1 or any(len(v) > 1 for acc in lines.values() for v in acc.values())
     with open(os.path.join(root, "results.md"), "w") as f:
         f.write(markdown_table(rows))
-        if several_modes:
+        if pivot_adds:
             f.write("\nTest accuracy (%) by training mode:\n\n" + markdown_pivot(rows))
     written = ["results.csv", "results.md", "accuracy_vs_trainable.png"]
     plot(rows, os.path.join(root, written[-1]))
-    if several_modes:
+    if pivot_adds:
         written.append("accuracy_by_mode.png")
         plot_by_mode(rows, os.path.join(root, written[-1]))
     logging.info("wrote %s in %s", ", ".join(written), root)

@@ -90,7 +90,7 @@ def test_aggregate_shows_the_fields_that_vary_between_runs(tmp_path):
         config.model.name, config.model.norm = "cifar_resnet_14", norm
         _finished_run(root, f"model.norm={norm}", config, accuracy)
     rows = sweep.aggregate(root)
-    assert not os.path.exists(os.path.join(root, "accuracy_by_mode.png"))  # one mode only
+    assert not os.path.exists(os.path.join(root, "accuracy_by_mode.png"))  # one run per mode
     assert [(r["model.norm"], r["test_accuracy"]) for r in rows] == [("affine", 0.30),
                                                                       ("batchnorm", 0.35)]
     table = open(os.path.join(root, "results.md")).read().splitlines()
@@ -141,3 +141,15 @@ def test_aggregate_orders_models_by_depth_and_numbers_by_value(tmp_path):
         ["| cifar_resnet_14", "all", "64"], ["| cifar_resnet_110", "bn", "64"]]
     assert [line.split(" | ")[0:2] for line in pivot.strip().splitlines()[2:]] == [
         ["| cifar_resnet_14", "64"], ["| cifar_resnet_14", "128"], ["| cifar_resnet_110", "64"]]
+
+
+def test_aggregate_averages_seeds_of_a_single_mode(tmp_path):
+    root = str(tmp_path)
+    for seed, accuracy in ((0, 0.35), (1, 0.36)):
+        config = base_config()
+        config.seed = seed
+        _finished_run(root, f"seed={seed}", config, accuracy)
+    sweep.aggregate(root)
+    pivot = open(os.path.join(root, "results.md")).read().split("by training mode:\n\n")[1]
+    assert pivot.splitlines()[2] == "| cifar_resnet_20 | 160 | 35.50 ± 0.50 (2 seeds) |"
+    assert os.path.exists(os.path.join(root, "accuracy_by_mode.png"))
