@@ -63,12 +63,21 @@ class GroupNorm(nn.Module):
 
     @nn.compact
     def __call__(self, x, residual=None, relu: bool = False):
-        n, h, w, c = x.shape
+        n, _, _, c = x.shape
         scale, bias = _affine_params(self, c)
         groups = math.gcd(self.groups, c)
-        grouped = x.astype(jnp.float32).reshape(n, h, w, groups, c // groups)
-        mean = jnp.mean(grouped, axis=(1, 2, 4), keepdims=True)
-        var = jnp.mean(jnp.square(grouped - mean), axis=(1, 2, 4), keepdims=True)
-        normalized = ((grouped - mean) * lax.rsqrt(var + self.epsilon)).reshape(n, h, w, c)
+
+        def group_mean(values):
+            """Per-channel means over the positions, averaged within each group of channels and
+            given back to every channel: (n, h, w, c) -> (n, 1, 1, c). Reducing the positions
+            first, channels staying the minor axis, trains a GroupNorm ResNet-14 about a third
+            faster on XLA:CPU than one reduction of a 5-d reshape (docs/PERFORMANCE.md)."""
+            per_channel = jnp.mean(values, axis=(1, 2)).reshape(n, groups, c // groups)
+            grouped = jnp.mean(per_channel, axis=2, keepdims=True)
+            return jnp.broadcast_to(grouped, per_channel.shape).reshape(n, 1, 1, c)
+
+        x = x.astype(jnp.float32)
+        centred = x - group_mean(x)
+        normalized = centred * lax.rsqrt(group_mean(jnp.square(centred)) + self.epsilon)
         y = (normalized * scale + bias).astype(self.dtype)
         return _finish(self, y, residual, relu)
