@@ -3,6 +3,7 @@ layers in place of BatchNorm, each a config flag away."""
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -129,3 +130,25 @@ def test_a_vgg_trains_exports_and_evaluates_from_its_export(tiny_config, tmp_pat
     result = trained.evaluate_export(path)
     assert result["test_accuracy"] == metrics["test_accuracy"]
     assert result["test_loss"] == metrics["test_loss"]
+
+
+@pytest.mark.parametrize("groups", [1, 4, 8])
+def test_group_norm_equals_flax_group_norm(groups):
+    """Statistics reduced positions first, then within groups: Flax's GroupNorm values and
+    input gradients, to float32 rounding."""
+    from flax import linen as nn
+
+    from bnjax.models.norms import GroupNorm
+
+    x = jax.random.normal(jax.random.key(0), (4, 6, 6, 16)) * 3 + 1
+    ours = GroupNorm(groups=groups, epsilon=1e-5)
+    flax_norm = nn.GroupNorm(num_groups=groups, epsilon=1e-5)
+    weights = jnp.cos(jnp.arange(x.size, dtype=jnp.float32)).reshape(x.shape)
+
+    def value_and_grad(layer):
+        variables = layer.init(jax.random.key(1), x)
+        return jax.value_and_grad(lambda x: jnp.sum(layer.apply(variables, x) * weights))(x)
+
+    (value, grad), (flax_value, flax_grad) = value_and_grad(ours), value_and_grad(flax_norm)
+    np.testing.assert_allclose(value, flax_value, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(grad, flax_grad, rtol=1e-4, atol=1e-5)
