@@ -137,8 +137,13 @@ def analyze(trained, data_source: str | None = None) -> dict:
             "_gammas": {k: v.tolist() for k, v in gamma_by_layer.items()}}
 
 
+def _other_norm(result: dict) -> str | None:
+    """The run's normalisation when it is not BatchNorm (labels name only those)."""
+    return None if result["norm"] == "batchnorm" else result["norm"]
+
+
 def _label(result: dict) -> str:
-    norm = "" if result["norm"] == "batchnorm" else f" ({result['norm']})"
+    norm = f" ({_other_norm(result)})" if _other_norm(result) else ""
     return f"{result['model']}{norm} {result['mode']}"
 
 
@@ -211,7 +216,7 @@ def write_outputs(results: list[dict], out_dir: str) -> list[str]:
     os.makedirs(out_dir, exist_ok=True)
     written = []
     for index, result in enumerate(results, 1):
-        norm = "" if result["norm"] == "batchnorm" else f"_{result['norm']}"
+        norm = f"_{_other_norm(result)}" if _other_norm(result) else ""
         name = f"{index}_{result['model']}{norm}_{result['mode']}_seed{result['seed']}"
         path = os.path.join(out_dir, f"analysis_{name}.json")
         with open(path, "w") as f:

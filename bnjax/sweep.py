@@ -250,10 +250,10 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values)
 
 
-def markdown_pivot(rows: list[dict]) -> str:
-    """Test accuracy with a column per training mode; several seeds give their mean, half
-    their range and their count."""
-    modes, header, lines = by_mode(rows)
+def markdown_pivot(pivot: tuple) -> str:
+    """Test accuracy with a column per training mode, from by_mode(rows); several seeds give
+    their mean, half their range and their count."""
+    modes, header, lines = pivot
     body = []
     for label, accuracies in lines.items():
         cells = []
@@ -267,14 +267,15 @@ def markdown_pivot(rows: list[dict]) -> str:
     return _markdown([*header, *modes], body)
 
 
-def plot_by_mode(rows: list[dict], path: str) -> None:
-    """Grouped bars: a group per line of the pivot, a bar per training mode (seeds averaged)."""
+def plot_by_mode(pivot: tuple, path: str) -> None:
+    """Grouped bars of by_mode(rows): a group per line, a bar per training mode (seeds
+    averaged)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    modes, header, lines = by_mode(rows)
+    modes, header, lines = pivot
     labels = [dict(zip(header, label)) for label in lines]
     labels = [{**label, "epochs": f"{label['epochs']} epochs"} for label in labels]
     shared = [f for f in header if len({label[f] for label in labels}) == 1]
@@ -308,16 +309,17 @@ def aggregate(root: str) -> list[dict]:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    modes, _, lines = by_mode(rows)
+    pivot = by_mode(rows)
+    modes, _, lines = pivot
     pivot_adds = len(modes) > 1 or any(len(v) > 1 for acc in lines.values() for v in acc.values())
     with open(os.path.join(root, "results.md"), "w") as f:
         f.write(markdown_table(rows))
         if pivot_adds:
-            f.write("\nTest accuracy (%) by training mode:\n\n" + markdown_pivot(rows))
+            f.write("\nTest accuracy (%) by training mode:\n\n" + markdown_pivot(pivot))
     written = ["results.csv", "results.md", "accuracy_vs_trainable.png"]
     plot(rows, os.path.join(root, written[-1]))
     if pivot_adds:
         written.append("accuracy_by_mode.png")
-        plot_by_mode(rows, os.path.join(root, written[-1]))
+        plot_by_mode(pivot, os.path.join(root, written[-1]))
     logging.info("wrote %s in %s", ", ".join(written), root)
     return rows
