@@ -16,6 +16,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from jax import lax  # noqa: E402
 
+from bnjax.models.norms import GroupNorm  # noqa: E402
+
 EPSILON = 1e-5
 
 
@@ -28,15 +30,9 @@ def reshape_5d(x, groups):
 
 
 def positions_first(x, groups):
-    n, _, _, c = x.shape
-
-    def group_mean(values):
-        per_channel = jnp.mean(values, axis=(1, 2)).reshape(n, groups, c // groups)
-        grouped = jnp.mean(per_channel, axis=2, keepdims=True)
-        return jnp.broadcast_to(grouped, per_channel.shape).reshape(n, 1, 1, c)
-
-    centred = x - group_mean(x)
-    return centred * lax.rsqrt(group_mean(jnp.square(centred)) + EPSILON)
+    """bnjax's own layer, with its default affine (scale 1, shift 0)."""
+    layer = GroupNorm(groups=groups, epsilon=EPSILON)
+    return layer.apply(layer.init(jax.random.key(0), x), x)
 
 
 def median_ms(step, x, repeats=7):
