@@ -18,6 +18,7 @@ from bnjax.models.norms import NORMS
 from bnjax.partition import MODE_ROLES
 
 MODES = tuple(MODE_ROLES)
+OPTIMIZERS = ("sgd", "adam", "adamw")
 BN_INITS = tuple(BN_INITIALIZERS)
 DTYPES = ("float32", "bfloat16")
 
@@ -47,6 +48,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     config.train = ml_collections.ConfigDict()
     config.train.mode = "bn"
+    config.train.optimizer = "sgd"
     config.train.random_k = 2
     config.train.epochs = 160
     config.train.batch_size = 128
@@ -56,6 +58,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.train.weight_decay = 1e-4
     config.train.lr_milestones = (80, 120)
     config.train.lr_drop = 0.1
+    config.train.gamma_lr_scale = 1.0
+    config.train.beta_lr_scale = 1.0
     config.train.warmup_epochs = 0
     config.train.steps_per_call = 1
 
@@ -102,12 +106,19 @@ FIELD_HELP = {
     "train.random_k": "mode random_k: elements trained per convolution output channel",
     "train.epochs": "epochs of floor(N / batch_size) steps",
     "train.batch_size": "global batch, split across every device and process",
-    "train.lr": "peak learning rate of SGD",
-    "train.momentum": "SGD momentum (PyTorch's convention); 0 for plain SGD",
-    "train.nesterov": "Nesterov momentum (needs momentum > 0)",
-    "train.weight_decay": "L2 decay added to the gradients of trainable parameters only",
+    "train.optimizer": "sgd (with train.momentum), adam (L2 decay added to the gradients, as "
+                       "PyTorch's Adam) or adamw (decoupled decay, optax.adamw); the same lr "
+                       "schedule and warm-up for each",
+    "train.lr": "peak learning rate",
+    "train.momentum": "SGD momentum (PyTorch's convention), 0 for plain SGD; Adam's b1",
+    "train.nesterov": "Nesterov momentum (SGD, needs momentum > 0)",
+    "train.weight_decay": "L2 decay of trainable parameters only (adamw: decoupled, times lr)",
     "train.lr_milestones": "epochs (may be fractional) at which lr is multiplied by lr_drop",
     "train.lr_drop": "factor applied at each milestone",
+    "train.gamma_lr_scale": "the gammas' learning rate is lr times this (needs a mode that "
+                            "trains gamma)",
+    "train.beta_lr_scale": "the betas' learning rate is lr times this (needs a mode that "
+                           "trains beta)",
     "train.warmup_epochs": "linear warm-up from 0 over this many epochs (ImageNet: 5)",
     "train.steps_per_call": "train steps per compiled call (a lax.scan); >1 saves dispatch "
                             "for short steps; a scan rounds differently from single steps",
@@ -235,6 +246,17 @@ def validate(config) -> None:
     _require(isinstance(train.nesterov, bool) and not (train.nesterov and train.momentum == 0),
              "train.nesterov", train.nesterov, "True only with train.momentum > 0 (Nesterov "
              "momentum without momentum is plain SGD)")
+    _require(train.optimizer in OPTIMIZERS, "train.optimizer", train.optimizer,
+             f"accepted: {', '.join(OPTIMIZERS)}")
+    _require(not (train.nesterov and train.optimizer != "sgd"), "train.nesterov",
+             train.nesterov, f"True only with train.optimizer = 'sgd' (it is "
+             f"{train.optimizer!r})")
+    for role in ("gamma", "beta"):
+        field, scale = f"train.{role}_lr_scale", train[f"{role}_lr_scale"]
+        _require(_is_number(scale) and 0 < scale <= 1e4, field, scale, "a number in (0, 1e4]")
+        _require(scale == 1 or role in MODE_ROLES[train.mode], field, scale,
+                 f"train.mode = {train.mode!r} trains no {role}; leave it at 1 or choose a "
+                 f"mode that trains {role} (bn, {role}, all, ...)")
     _require(isinstance(train.steps_per_call, int) and not isinstance(train.steps_per_call, bool)
              and 1 <= train.steps_per_call <= 1000, "train.steps_per_call",
              train.steps_per_call, "an integer from 1 to 1000 (1: one step per call)")

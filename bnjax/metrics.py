@@ -40,39 +40,54 @@ def _keep_lines_up_to(path: str, last_step: int) -> None:
 
 
 class Window:
-    """The per-step train metrics of the open log window.
+    """The per-step train metrics of the open log window, of one run or of each replica of a
+    group (bnjax.replicas).
 
     Its values travel in a checkpoint (`carry`) when a run stops inside a window, so the resumed
     run averages exactly the steps an uninterrupted run would: the same float32 values, in the
     same order, reduced by the same np.mean.
     """
 
-    def __init__(self, carried: dict | None = None):
-        self._parts = [{name: np.asarray(values, np.float32) for name, values in carried.items()}
-                       ] if carried else []
-        self.carried_steps = len(next(iter(carried.values()))) if carried else 0
+    def __init__(self, replicas: int = 1, carried: list | None = None):
+        """carried: each replica's `carry` from a checkpoint (all of one length), or None."""
+        self.replicas = replicas
+        self._parts, self.carried_steps = [], 0
+        if carried and carried[0]:
+            self._parts = [{name: np.stack([np.asarray(c[name], np.float32) for c in carried],
+                                           axis=-1) for name in carried[0]}]
+            self.carried_steps = len(next(iter(carried[0].values())))
         self.new_steps = 0  # run by this process
 
     def __len__(self) -> int:
         return self.carried_steps + self.new_steps
 
     def add(self, metrics: dict, steps: int) -> None:
-        """A call's metrics: device scalars, or arrays stacked per step for multi-step calls."""
+        """A call's metrics: device scalars (one per replica), or arrays stacked per step for
+        multi-step calls."""
         self._parts.append(metrics)
         self.new_steps += steps
 
     def values(self) -> dict:
-        """{name: float32 array, one value per step} (one host sync)."""
+        """{name: float32 array (steps, replicas)} (one host sync)."""
         parts = jax.device_get(self._parts)
-        return {name: np.concatenate([np.ravel(part[name]) for part in parts]).astype(np.float32)
+        return {name: np.concatenate([np.reshape(part[name], (-1, self.replicas))
+                                      for part in parts]).astype(np.float32)
                 for name in parts[0]} if parts else {}
 
-    def means(self) -> dict:
-        return {name: float(np.mean(values)) for name, values in self.values().items()}
+    def _columns(self, values: dict, replica: int) -> dict:
+        return {name: np.ascontiguousarray(steps[:, replica]) for name, steps in values.items()}
 
-    def carry(self) -> dict:
-        """The values as JSON lists (float32 values are exact as JSON numbers)."""
-        return {name: [float(v) for v in values] for name, values in self.values().items()}
+    def means(self) -> list[dict]:
+        """Each replica's {name: mean over the window's steps}."""
+        values = self.values()
+        return [{name: float(np.mean(column))
+                 for name, column in self._columns(values, replica).items()}
+                for replica in range(self.replicas)]
+
+    def carry(self, replica: int = 0) -> dict:
+        """One replica's values as JSON lists (float32 values are exact as JSON numbers)."""
+        return {name: [float(v) for v in column]
+                for name, column in self._columns(self.values(), replica).items()}
 
 
 class Throughput:
@@ -122,8 +137,11 @@ class Reporter:
     """
 
     def __init__(self, workdir: str, total_steps: int, steps_per_epoch: int, start_step: int,
-                 chief: bool = True):
+                 chief: bool = True, progress: bool = True):
+        """progress=False: files only; the log lines are the caller's (a replica group logs
+        one line for all its replicas)."""
         self.total_steps = total_steps
+        self.progress = progress
         self.steps_per_epoch = steps_per_epoch
         self.chief = chief
         self.train_log = os.path.join(workdir, "train_log.jsonl")
@@ -149,6 +167,8 @@ class Reporter:
         with open(self.train_log, "a") as f:
             f.write(json.dumps({"step": step, **values}) + "\n")
         self.tensorboard.add_scalar("train/images_per_s", images_per_s, step)
+        if not self.progress:
+            return
         remaining = (self.total_steps - step) * batch_size / images_per_s
         epoch = (step - 1) // self.steps_per_epoch + 1
         logging.info("epoch %d  step %d/%d (%.1f%%)  loss %.4f  acc %.4f  lr %.4g  "
@@ -158,7 +178,7 @@ class Reporter:
 
     def eval_result(self, step: int, epoch: int, values: dict) -> None:
         self.scalars(step, "test", values)
-        if not self.chief:
+        if not self.chief or not self.progress:
             return
         logging.info("epoch %d  test loss %.4f  test accuracy %.4f  (elapsed %s)", epoch,
                      values["loss"], values["accuracy"], format_duration(time.time() -

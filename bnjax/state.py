@@ -42,45 +42,84 @@ def weights_checksum(tree) -> str:
     return digest.hexdigest()
 
 
-def learning_rate_schedule(train_config, steps_per_epoch: int) -> optax.Schedule:
-    """lr, times lr_drop at each milestone epoch, after an optional linear warm-up."""
+# The optimizer's numbers. Replicas of one compiled program (bnjax.replicas) may each have
+# their own values of these; everything else about the optimizer is shared structure.
+HYPERPARAMETERS = ("lr", "weight_decay", "momentum", "gamma_lr_scale", "beta_lr_scale")
+
+
+def hyperparameters(train_config) -> dict:
+    return {name: train_config[name] for name in HYPERPARAMETERS}
+
+
+def learning_rate_schedule(train_config, steps_per_epoch: int, lr=None) -> optax.Schedule:
+    """lr (default train_config.lr; may be a traced scalar), times lr_drop at each milestone
+    epoch, after an optional linear warm-up."""
+    lr = train_config.lr if lr is None else lr
     boundaries = {int(epoch * steps_per_epoch): train_config.lr_drop
                   for epoch in train_config.lr_milestones}
-    schedule = optax.piecewise_constant_schedule(train_config.lr, boundaries)
+    schedule = optax.piecewise_constant_schedule(lr, boundaries)
     warmup_steps = train_config.warmup_epochs * steps_per_epoch
     if not warmup_steps:
         return schedule
-    warmup = optax.linear_schedule(0.0, train_config.lr, warmup_steps)
+    warmup = optax.linear_schedule(0.0, lr, warmup_steps)
     return optax.join_schedules([warmup, lambda step: schedule(step + warmup_steps)],
                                 [warmup_steps])
 
 
-def mask_updates(masks) -> optax.GradientTransformation:
-    """Multiply the updates of the leaves in `masks` elementwise (random_k's chosen elements)."""
-    flat_masks = partition.flatten(masks)
+def multiply_updates(multipliers) -> optax.GradientTransformation:
+    """Multiply the updates of the leaves in `multipliers` (a flat {path: array or scalar}):
+    random_k's per-element masks, per-role learning-rate scales."""
 
     def update_fn(updates, state, params=None):
         flat = partition.flatten(updates)
-        masked = {path: update * flat_masks[path] if path in flat_masks else update
+        scaled = {path: update * multipliers[path] if path in multipliers else update
                   for path, update in flat.items()}
-        return partition.unflatten(masked), state
+        return partition.unflatten(scaled), state
 
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
 
 
-def make_optimizer(train_config, param_labels, schedule,
-                   masks=None) -> optax.GradientTransformation:
-    """SGD with momentum and weight decay on trainable leaves; frozen leaves get nothing.
+def _is_one(value) -> bool:
+    return isinstance(value, (int, float)) and value == 1
+
+
+def _update_multipliers(param_labels, masks, hyper) -> dict:
+    """{path: multiplier} of the trainable leaves whose updates are scaled: random_k's masks
+    and the gamma / beta learning-rate scales (left out where they are a constant 1)."""
+    multipliers = dict(partition.flatten(masks)) if masks is not None else {}
+    scales = {role: hyper[f"{role}_lr_scale"] for role in ("gamma", "beta")}
+    for path, label in partition.flatten(param_labels).items():
+        scale = scales.get(partition.role_of(path))
+        if label == partition.TRAINABLE and scale is not None and not _is_one(scale):
+            multipliers[path] = scale
+    return multipliers
+
+
+def _learner(train_config, schedule, hyper) -> list:
+    """The optimizer's steps for the trainable leaves, before any update multipliers."""
+    momentum, decay = hyper["momentum"], hyper["weight_decay"]
+    if train_config.optimizer == "adamw":
+        return [optax.adamw(schedule, b1=momentum, weight_decay=decay)]
+    step = (optax.adam(schedule, b1=momentum) if train_config.optimizer == "adam" else
+            optax.sgd(schedule, momentum=momentum if train_config.momentum else None,
+                      nesterov=train_config.nesterov))
+    return [optax.add_decayed_weights(decay), step]
+
+
+def make_optimizer(train_config, param_labels, schedule, masks=None,
+                   hyper: dict | None = None) -> optax.GradientTransformation:
+    """train.optimizer with weight decay on trainable leaves; frozen leaves get nothing.
 
     optax.multi_transform keeps optimizer state only for the 'trainable' partition. With
-    masks (random_k), only the masked-in elements of a trainable leaf ever change.
+    masks (random_k), only the masked-in elements of a trainable leaf ever change. `hyper`
+    (default: the config's) holds the numbers of HYPERPARAMETERS; a replica group passes traced
+    values for those its replicas set differently. Momentum 0 or not is structure, and so
+    are the optimizer and Nesterov: they come from train_config.
     """
-    learner = optax.chain(
-        optax.add_decayed_weights(train_config.weight_decay),
-        optax.sgd(schedule, momentum=train_config.momentum or None,
-                  nesterov=train_config.nesterov),
-        *([mask_updates(masks)] if masks is not None else []),
-    )
+    hyper = hyperparameters(train_config) if hyper is None else hyper
+    multipliers = _update_multipliers(param_labels, masks, hyper)
+    learner = optax.chain(*_learner(train_config, schedule, hyper),
+                          *([multiply_updates(multipliers)] if multipliers else []))
     return optax.multi_transform(
         {partition.TRAINABLE: learner, partition.FROZEN: optax.set_to_zero()}, param_labels)
 

@@ -48,30 +48,30 @@ def replicate(tree, mesh: Mesh):
     return _place(tree, NamedSharding(mesh, PartitionSpec()))
 
 
-def shard_batch(local_arrays, mesh: Mesh):
+def shard_batch(local_arrays, mesh: Mesh, leading_axes: int = 0):
     """Global batch arrays split over the 'data' axis, from this process's rows of the batch
-    (all of it in a single-process run; see distributed.local_rows)."""
-    return _place(local_arrays, NamedSharding(mesh, PartitionSpec("data")))
+    (all of it in a single-process run; see distributed.local_rows). leading_axes: how many
+    axes (steps of a call, replicas) stand before the batch axis."""
+    return _place(local_arrays,
+                  NamedSharding(mesh, PartitionSpec(*[None] * leading_axes, "data")))
 
 
 def shard_stacked_batches(local_arrays, mesh: Mesh):
     """As shard_batch, for batches stacked along a leading steps axis (steps, batch, ...)."""
-    return _place(local_arrays, NamedSharding(mesh, PartitionSpec(None, "data")))
+    return shard_batch(local_arrays, mesh, leading_axes=1)
 
 
 def _cross_entropy(logits, targets):
     return optax.softmax_cross_entropy_with_integer_labels(logits, targets)
 
 
-def make_train_step(model, optimizer, param_labels, schedule, augment_on_device: bool = True,
-                    steps_per_call: int = 1):
-    """train_step(state, frozen, images_uint8, targets, augment_key) -> (state, metrics).
+def train_step_function(model, optimizer, param_labels, schedule,
+                        augment_on_device: bool = True):
+    """train_step(state, frozen, images_uint8, targets, augment_key) -> (state, metrics), not
+    yet compiled (make_train_step compiles it; bnjax.replicas maps it over replicas first).
 
     augment_on_device: CIFAR's pad-crop and flip inside the step, keyed by (key, step); off for
     batches the host pipeline has already augmented (ImageNet).
-    steps_per_call > 1: images and targets carry that many batches stacked on a leading axis,
-    the steps run one after another in a lax.scan inside one compiled call (one dispatch for
-    all), and each metric comes back stacked the same way.
     """
 
     def train_step(state: TrainState, frozen, images, targets, augment_key):
@@ -102,6 +102,15 @@ def make_train_step(model, optimizer, param_labels, schedule, augment_on_device:
                    "grad_norm": optax.tree.norm(grads)}  # trainable leaves only
         return new_state, metrics
 
+    return train_step
+
+
+def compile_steps(train_step, steps_per_call: int = 1):
+    """jit(train_step), or for steps_per_call > 1 a jitted lax.scan of it: images and targets
+    (and every other argument after the first two) then carry that many batches stacked on a
+    leading axis, the steps run one after another inside one compiled call (one dispatch for
+    all), and each metric comes back stacked the same way. The state (argument 0) is donated.
+    """
     if steps_per_call == 1:
         return jax.jit(train_step, donate_argnums=(0,))
 
@@ -110,15 +119,24 @@ def make_train_step(model, optimizer, param_labels, schedule, augment_on_device:
     # one call, but compiled steps_per_call times larger.
     unroll = steps_per_call if jax.default_backend() == "cpu" else 1
 
-    def train_steps(state: TrainState, frozen, images, targets, augment_key):
-        return jax.lax.scan(lambda carry, batch: train_step(carry, frozen, *batch, augment_key),
+    def train_steps(state, frozen, images, targets, *rest):
+        return jax.lax.scan(lambda carry, batch: train_step(carry, frozen, *batch, *rest),
                             state, (images, targets), unroll=unroll)
 
     return jax.jit(train_steps, donate_argnums=(0,))
 
 
-def make_eval_step(model):
-    """eval_step(trainable, frozen, batch_stats, images_uint8, targets, weights) -> sums.
+def make_train_step(model, optimizer, param_labels, schedule, augment_on_device: bool = True,
+                    steps_per_call: int = 1):
+    """The compiled train_step(state, frozen, images_uint8, targets, augment_key) ->
+    (state, metrics) of train_step_function, steps_per_call steps per call (compile_steps)."""
+    return compile_steps(train_step_function(model, optimizer, param_labels, schedule,
+                                             augment_on_device), steps_per_call)
+
+
+def eval_step_function(model):
+    """eval_step(trainable, frozen, batch_stats, images_uint8, targets, weights) -> sums, not
+    yet compiled (make_eval_step compiles it).
 
     BatchNorm uses its running averages (train=False); padded examples have weight 0.
     """
@@ -131,17 +149,31 @@ def make_eval_step(model):
                 "correct": jnp.sum(correct * weights),
                 "count": jnp.sum(weights)}
 
-    return jax.jit(eval_step)
+    return eval_step
 
 
-def evaluate(eval_step, mesh, state: TrainState, frozen, data, batch_size: int) -> dict:
-    """Test loss and accuracy over the whole split."""
+def make_eval_step(model):
+    return jax.jit(eval_step_function(model))
+
+
+def evaluation_sums(eval_step, mesh, state: TrainState, frozen, data, batch_size: int) -> dict:
+    """eval_step's sums over the whole split, on the host (one value per replica for a
+    replicated eval step)."""
     # At most batch_size, no more than the split needs, and a multiple of the device count.
     batch_size = -(-min(batch_size, len(data)) // mesh.size) * mesh.size
     totals = None
     for batch in eval_batches(data, batch_size, local_rows(batch_size)):
         sums = eval_step(state.trainable, frozen, state.batch_stats, *shard_batch(batch, mesh))
         totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-    totals = jax.device_get(totals)
-    return {"loss": float(totals["loss_sum"] / totals["count"]),
-            "accuracy": float(totals["correct"] / totals["count"])}
+    return jax.device_get(totals)
+
+
+def evaluation_result(sums: dict) -> dict:
+    """Test loss and accuracy from evaluation_sums (of one run)."""
+    return {"loss": float(sums["loss_sum"] / sums["count"]),
+            "accuracy": float(sums["correct"] / sums["count"])}
+
+
+def evaluate(eval_step, mesh, state: TrainState, frozen, data, batch_size: int) -> dict:
+    """Test loss and accuracy over the whole split."""
+    return evaluation_result(evaluation_sums(eval_step, mesh, state, frozen, data, batch_size))

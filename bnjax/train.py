@@ -15,18 +15,18 @@ from absl import logging
 
 from bnjax import config as config_lib
 from bnjax import data as data_lib
-from bnjax import checkpoint, distributed, initial_weights, partition, runinfo, summary
+from bnjax import (checkpoint, distributed, initial_weights, partition, replicas, runinfo,
+                   summary)
 from bnjax import workdir as workdir_lib
 from bnjax.data.batches import steps_per_epoch as count_steps_per_epoch
-from bnjax.data.batches import group_into_calls, prefetch, train_batches
+from bnjax.data.batches import prefetch
 from bnjax.errors import (CheckpointError, ConfigError, DamagedCheckpointError, DataError,
                           TrainingError)
 from bnjax.metrics import Reporter, Throughput, Window, write_json
 from bnjax.models import parse_name
 from bnjax.schedule import Schedule
-from bnjax.state import ModelSetup, augment_key, initialize
-from bnjax.step import (evaluate, make_eval_step, make_mesh, make_train_step, replicate,
-                        shard_batch, shard_stacked_batches)
+from bnjax.state import ModelSetup, initialize
+from bnjax.step import make_mesh
 
 
 @dataclasses.dataclass
@@ -49,11 +49,12 @@ def check_devices(config, device_count: int) -> None:
                           f"invalid: it must be divisible by the {device_count} devices")
 
 
-def build_run(config, frozen_init: str = initial_weights.CURRENT):
-    """Validate, load data, init the model from the seed and split it. Writes nothing."""
+def build_run(config, frozen_init: str = initial_weights.CURRENT, splits=None):
+    """Validate, load data (or take `splits`, (train, eval) already loaded for this config),
+    init the model from the seed and split it. Writes nothing."""
     config_lib.validate(config)
     check_devices(config, jax.device_count())
-    train_data, eval_data = data_lib.load_splits(
+    train_data, eval_data = splits or data_lib.load_splits(
         config.data, parse_name(config.model.name).image_size, config.seed)
     per_epoch = count_steps_per_epoch(len(train_data), config.train.batch_size)
     if per_epoch == 0:
@@ -76,6 +77,24 @@ class Interrupted(Exception):
         self.step, self.signum = step, signum
 
 
+class StopStepPassed(Interrupted):
+    """--stop_at_step names a step the run has already passed: nothing is trained."""
+
+    def __init__(self, step: int, stop_at_step: int):
+        Exception.__init__(self, f"--stop_at_step={stop_at_step} has passed: the run resumes at "
+                                 f"step {step}, so nothing was trained. Give a later step, or "
+                                 "leave the flag out to train to the end.")
+        self.step, self.signum = step, None
+
+
+class Diverged(TrainingError):
+    """A run alone became non-finite; `metrics` is its metrics.json saying so."""
+
+    def __init__(self, message: str, metrics: dict):
+        super().__init__(message)
+        self.metrics = metrics
+
+
 @contextlib.contextmanager
 def signals_received():
     """A list that SIGTERM/SIGINT append to instead of killing the process mid-step."""
@@ -92,9 +111,10 @@ def signals_received():
             signal.signal(signum, handler)
 
 
-def _resume(workdir: str, manager, state, description: dict, branch: bool):
-    """(state, that checkpoint's metadata) to continue from: the newest readable checkpoint, or
-    the fresh state and {}.
+def _resume(workdir: str, manager, state, description: dict, branch: bool,
+            at_most: int | None = None):
+    """(state, that checkpoint's metadata) to continue from: the newest readable checkpoint (at
+    step at_most or before, if given), or the fresh state and {}.
 
     A damaged newest checkpoint (a crash mid-write, a corrupt disk) falls back to the one before.
     """
@@ -102,7 +122,8 @@ def _resume(workdir: str, manager, state, description: dict, branch: bool):
     if os.path.exists(run_json):
         with open(run_json) as f:
             checkpoint.check_same_run(json.load(f), description, workdir, branch)
-    steps = sorted(manager.all_steps(), reverse=True)
+    steps = sorted((s for s in manager.all_steps() if at_most is None or s <= at_most),
+                   reverse=True)
     for step in steps:
         where = f"{workdir} (checkpoint step {step})"
         try:
@@ -114,7 +135,7 @@ def _resume(workdir: str, manager, state, description: dict, branch: bool):
             continue
         for field, old, new in changed:
             logging.warning("branching from step %d: %s was %r, now %r", step, field, old, new)
-        logging.info("resuming from the checkpoint at step %d", step)
+        logging.info("%s: resuming from the checkpoint at step %d", workdir, step)
         return restored, saved
     if steps:
         raise CheckpointError(f"none of the checkpoints in {workdir} ({steps}) can be read; "
@@ -122,14 +143,42 @@ def _resume(workdir: str, manager, state, description: dict, branch: bool):
     return state, {}
 
 
-def _final_metrics(run: Run, history: list, speed: float | None, wall_time: float) -> dict:
+@dataclasses.dataclass
+class Lane:
+    """One run of a training program (which trains one run, or a group of replicas): its
+    folder, its bookkeeping, and `ended`, its metrics once it finished or diverged."""
+    run: Run
+    workdir: str
+    fresh_state: object
+    description: dict
+    manager: object = None
+    reporter: Reporter | None = None
+    history: list = dataclasses.field(default_factory=list)
+    train_values: dict | None = None  # the last closed log window's means
+    ended: dict | None = None
+
+
+def _final_metrics(run: Run, history: list, speed: float | None, wall_time: float,
+                   replicas: int) -> dict:
     config, final = run.config, history[-1]
-    return {"test_accuracy": final["test_accuracy"], "test_loss": final["test_loss"],
+    return {"status": "finished",
+            "test_accuracy": final["test_accuracy"], "test_loss": final["test_loss"],
             "train_loss": final["train_loss"], "train_accuracy": final["train_accuracy"],
             "epochs": config.train.epochs, "steps": run.schedule.total_steps,
             "trainable_params": run.setup.trainable_params, "total_params": run.setup.total_params,
             "model": config.model.name, "mode": config.train.mode, "seed": config.seed,
-            "train_images_per_s": speed, "wall_time_s": wall_time, "history": history,
+            "train_images_per_s": speed, "wall_time_s": wall_time, "replicas": replicas,
+            "history": history, "frozen_checksum": run.setup.frozen_checksum}
+
+
+def _diverged_metrics(run: Run, history: list, step: int, reason: str) -> dict:
+    config = run.config
+    return {"status": "diverged", "diverged_at_step": step, "reason": reason,
+            "test_accuracy": None, "test_loss": None, "train_loss": None,
+            "train_accuracy": None, "epochs": config.train.epochs,
+            "steps": run.schedule.total_steps, "trainable_params": run.setup.trainable_params,
+            "total_params": run.setup.total_params, "model": config.model.name,
+            "mode": config.train.mode, "seed": config.seed, "history": history,
             "frozen_checksum": run.setup.frozen_checksum}
 
 
@@ -141,32 +190,98 @@ def train_and_evaluate(config, workdir: str, stop_at_step: int | None = None,
     the end of the call that reaches it) and raise Interrupted, as a SIGTERM would; the next call
     continues exactly where this one stopped. overwrite: set a run already in the workdir aside
     (renamed, not deleted) and start over. branch: continue the workdir's latest checkpoint
-    although the config changed (the frozen weights must still match).
+    although the config changed (the frozen weights must still match). A loss or state that
+    becomes non-finite raises Diverged; nothing non-finite is ever saved.
     """
-    # validation and data: nothing is written before
-    run, state = build_run(config, _frozen_init_to_continue(workdir, overwrite))
-    description = run.describe()
-    finished = None if overwrite else _finished_metrics(workdir, description)
-    if finished is not None:
-        logging.info("%s holds a finished run of this config (test accuracy %.4f); nothing to "
-                     "do. Use a new --workdir, or --overwrite to train it again.", workdir,
-                     finished["test_accuracy"])
-        return finished
+    return train_group([config], [workdir], stop_at_step, overwrite, branch)[0]
+
+
+def train_group(configs: list, workdirs: list, stop_at_step: int | None = None,
+                overwrite: bool = False, branch: bool = False) -> list[dict]:
+    """Train runs that differ only in bnjax.replicas.REPLICA_FIELDS as one compiled program,
+    each in its own workdir exactly as train_and_evaluate would (one config: that). Returns
+    each run's metrics. A replica that becomes non-finite ends alone: its metrics.json says
+    diverged, and the others go on. Stops and resumes are those of a single run."""
+    if len(set(map(os.path.abspath, workdirs))) != len(workdirs):
+        raise ConfigError(f"the runs of a group need a workdir each; got {workdirs}")
+    if len(configs) > 1:
+        for config in configs:
+            config_lib.validate(config)
+        replicas.check_group(configs)
+    lanes = _build_lanes(configs, workdirs, overwrite)
+    if all(lane.ended for lane in lanes):
+        for lane in lanes:
+            logging.info("%s holds a finished run of this config (%s); nothing to do. Use a "
+                         "new --workdir, or --overwrite to train it again.", lane.workdir,
+                         _outcome(lane.ended))
+        return [lane.ended for lane in lanes]
     chief = distributed.is_chief()
-    with _claim_workdir(workdir, overwrite) if chief else contextlib.nullcontext():
+    with contextlib.ExitStack() as stack:
+        if chief:
+            for lane in lanes:
+                stack.enter_context(_claim_workdir(lane.workdir, overwrite))
         distributed.barrier("workdir ready")
-        manager = checkpoint.open_manager(workdir, config.checkpoint)
-        try:
-            state, saved = _resume(workdir, manager, state, description, branch)
-            if chief:
-                write_json(os.path.join(workdir, "run.json"), description)
-            return _train_loop(run, workdir, manager, state, saved, description, stop_at_step)
-        finally:
-            _finish_saves(manager)
+        for lane in lanes:
+            if not lane.ended:
+                lane.manager = checkpoint.open_manager(lane.workdir, lane.run.config.checkpoint)
+                stack.callback(_finish_saves, lane.manager)
+        states, saved = _resume_aligned(lanes, branch)
+        if chief:
+            for lane in lanes:
+                if not lane.ended:
+                    write_json(os.path.join(lane.workdir, "run.json"), lane.description)
+        return _train_loop(lanes, states, saved, stop_at_step)
+
+
+def _outcome(metrics: dict) -> str:
+    if metrics.get("status") == "diverged":
+        return f"diverged at step {metrics['diverged_at_step']}: {metrics['reason']}"
+    return f"test accuracy {metrics['test_accuracy']:.4f}"
+
+
+def _build_lanes(configs, workdirs, overwrite: bool) -> list[Lane]:
+    """A lane per config, sharing the data where it does not depend on the seed."""
+    lanes, splits = [], None
+    for config, workdir in zip(configs, workdirs):
+        run, state = build_run(config, _frozen_init_to_continue(workdir, overwrite), splits)
+        # in-memory splits are the same for every seed; host-augmented ones are keyed by it
+        splits = None if run.train_data.augmented_on_host else (run.train_data, run.eval_data)
+        lane = Lane(run, workdir, state, run.describe())
+        lane.ended = None if overwrite else _finished_metrics(workdir, lane.description)
+        lanes.append(lane)
+    return lanes
+
+
+def _resume_aligned(lanes: list[Lane], branch: bool) -> tuple[list, list]:
+    """Each lane's state and checkpoint metadata, all at one step: the newest step every
+    unfinished lane can resume from (a group killed mid-save may have saved some replicas
+    only). Checkpoints past that step are deleted. Ended lanes keep their fresh state: they
+    are computed alongside the others (so the program keeps its shape) and never saved."""
+    states = [lane.fresh_state for lane in lanes]
+    saved = [{} for _ in lanes]
+    at_most = None
+    while True:
+        for index, lane in enumerate(lanes):
+            if lane.ended or (at_most is not None and int(states[index].step) <= at_most):
+                continue
+            states[index], saved[index] = _resume(lane.workdir, lane.manager, lane.fresh_state,
+                                                  lane.description, branch, at_most)
+        steps = {int(states[i].step) for i, lane in enumerate(lanes) if not lane.ended}
+        if len(steps) == 1:
+            break
+        at_most = min(steps)
+        logging.warning("the replicas' newest checkpoints are at steps %s; all continue from "
+                        "step %d", sorted(steps), at_most)
+    step = steps.pop()
+    for lane in lanes:
+        for newer in [s for s in (lane.manager.all_steps() if lane.manager else ()) if s > step]:
+            lane.manager.delete(newer)
+    return states, saved
 
 
 def _finished_metrics(workdir: str, description: dict) -> dict | None:
-    """The metrics of a finished run of the same config in `workdir`, or None. Reads only."""
+    """The metrics of a finished (or diverged) run of the same config in `workdir`, or None.
+    Reads only."""
     paths = [os.path.join(workdir, name) for name in ("run.json", "metrics.json")]
     if not all(os.path.exists(path) for path in paths):
         return None
@@ -212,15 +327,32 @@ def _finish_saves(manager) -> None:
         manager.close()
 
 
-def _check_finite(values: dict, first_step: int, last_step: int, lr: float,
-                  last_saved: int | None) -> None:
-    if np.isfinite(values["loss"]):
-        return
-    kept = (f"the last checkpoint (step {last_saved}) is intact and a rerun resumes from it"
-            if last_saved is not None else "no checkpoint had been saved yet")
-    raise TrainingError(f"the training loss became {values['loss']} within steps "
-                        f"{first_step}-{last_step}; training stopped before saving that state, "
-                        f"{kept}. Lower train.lr (it is {lr}) with --branch, or check the data.")
+def _end_diverged(lanes: list[Lane], values: list, finite, first_step: int, last_step: int,
+                  single: bool) -> None:
+    """End every lane whose window loss or whose state (trainable leaves, statistics, optimizer
+    state) is no longer finite, before anything of it is logged or saved. A group writes the
+    lane's metrics.json saying so; a run alone raises Diverged."""
+    for index, lane in enumerate(lanes):
+        loss = values[index]["loss"]
+        if lane.ended or (np.isfinite(loss) and finite[index]):
+            continue
+        reason = (f"the training loss became {loss} within steps {first_step}-{last_step}"
+                  if not np.isfinite(loss) else
+                  f"the trainable parameters or optimizer state became non-finite by step "
+                  f"{last_step}")
+        last_saved = lane.manager.latest_step()
+        kept = (f"the last checkpoint (step {last_saved}) is intact" if last_saved is not None
+                else "no checkpoint had been saved yet")
+        lane.ended = _diverged_metrics(lane.run, lane.history, last_step, reason)
+        lr = lane.run.config.train.lr
+        if single:
+            raise Diverged(f"{reason}; training stopped before saving that state, {kept}. "
+                           f"Lower train.lr (it is {lr}) and rerun with --branch to continue "
+                           "from that checkpoint, or check the data.", lane.ended)
+        logging.warning("replica %s diverged (lr %s): %s; it stops, the others go on",
+                        lane.workdir, lr, reason)
+        if distributed.is_chief():
+            write_json(os.path.join(lane.workdir, "metrics.json"), lane.ended)
 
 
 def _save(manager, step: int, state, meta: dict, metrics: dict | None) -> None:
@@ -233,38 +365,60 @@ def _save(manager, step: int, state, meta: dict, metrics: dict | None) -> None:
                             "resume.") from None
 
 
-def _train_loop(run, workdir, manager, state, saved, description, stop_at_step):
-    """Train from `state` to the end; `saved` is the metadata of the checkpoint it resumes from
-    ({} for a fresh run): the history, the open log window and the time spent so far."""
-    config, setup, schedule = run.config, run.setup, run.schedule
-    history, timing = saved.get("history", []), saved.get("timing")
-    start_step = int(state.step)
-    logging.info("%s, mode %s: %d of %d parameters trainable; step %d of %d (%d epochs x %d)",
-                 config.model.name, config.train.mode, setup.trainable_params,
-                 setup.total_params, start_step, schedule.total_steps, config.train.epochs,
-                 schedule.steps_per_epoch)
-    if distributed.is_chief():
+def _log_group_progress(lanes, done: int, total: int, values: list, rate: float) -> None:
+    live = [(lane, value) for lane, value in zip(lanes, values) if not lane.ended]
+    losses = " ".join(f"{value['loss']:.3f}" for _, value in live)
+    accuracies = " ".join(f"{value['accuracy']:.3f}" for _, value in live)
+    logging.info("step %d/%d (%.1f%%)  %d of %d replicas  loss %s  acc %s  %.0f img/s each, "
+                 "%.0f in all", done, total, 100.0 * done / total, len(live), len(lanes),
+                 losses, accuracies, rate, rate * len(live))
+
+
+def _train_loop(lanes: list[Lane], states: list, saved: list, stop_at_step):
+    """Train the lanes from `states` to the end; `saved` is each one's checkpoint metadata ({}
+    for a fresh start): the history, the open log window and the time spent so far."""
+    run = lanes[0].run
+    config, schedule = run.config, run.schedule
+    live = [index for index, lane in enumerate(lanes) if not lane.ended]
+    first_saved = saved[live[0]]
+    timing = first_saved.get("timing")
+    start_step = int(states[live[0]].step)
+    if stop_at_step is not None and stop_at_step <= start_step:
+        raise StopStepPassed(start_step, stop_at_step)
+    single = len(lanes) == 1
+    chief = distributed.is_chief()
+    for index in live:
+        lanes[index].history = saved[index].get("history", [])
+    logging.info("%s, mode %s: %d of %d parameters trainable; step %d of %d (%d epochs x %d)%s",
+                 config.model.name, config.train.mode, run.setup.trainable_params,
+                 run.setup.total_params, start_step, schedule.total_steps, config.train.epochs,
+                 schedule.steps_per_epoch, "" if single else f"; {len(lanes)} replicas")
+    if chief:
         logging.info("parameters:\n%s", summary.parameter_table(
-            partition.merge(state.trainable, setup.frozen), setup.param_labels))
+            partition.merge(states[0].trainable, run.setup.frozen), run.setup.param_labels))
     mesh = make_mesh()
-    state, frozen = replicate((state, setup.frozen), mesh)
-    run_call = _call_runner(run, mesh)
-    eval_step = make_eval_step(setup.model)
-    reporter = Reporter(workdir, schedule.total_steps, schedule.steps_per_epoch, start_step,
-                        chief=distributed.is_chief())
+    engine = replicas.make_engine([lane.run for lane in lanes], mesh)
+    state = engine.place(states)
+    for lane in lanes:
+        if not lane.ended:
+            lane.reporter = Reporter(lane.workdir, schedule.total_steps,
+                                     schedule.steps_per_epoch, start_step, chief=chief,
+                                     progress=single)
     batch = config.train.batch_size
-    window, clock = Window(saved.get("open_window")), Throughput(timing)
+    carried = [saved[index].get("open_window") or first_saved.get("open_window")
+               for index in range(len(lanes))]
+    window, clock = Window(len(lanes), carried), Throughput(timing)
     started = time.time() - (timing["wall_s"] if timing else 0.0)  # wall time up to checkpoints
-    batches = train_batches(run.train_data, batch, config.seed, start_step,
-                            schedule.total_steps, distributed.local_rows(batch))
-    calls = prefetch(group_into_calls(batches, config.train.steps_per_call,
-                                      schedule.ends_call))
-    profiler = _Profiler(config.log.profile_steps, os.path.join(workdir, "profile"))
+    calls = prefetch(engine.calls(start_step))
+    profiler = _Profiler(config.log.profile_steps, os.path.join(lanes[0].workdir, "profile"))
     with signals_received() as received, contextlib.closing(calls), \
-            contextlib.closing(reporter), contextlib.closing(profiler):
+            contextlib.ExitStack() as reporters, contextlib.closing(profiler):
+        for lane in lanes:
+            if lane.reporter:
+                reporters.callback(lane.reporter.close)
         for steps, images, targets in calls:
             profiler.before(steps[0] + 1, steps[-1] + 1)
-            state, metrics = run_call(state, frozen, steps, images, targets)
+            state, metrics = engine.run_call(state, steps, images, targets)
             profiler.after(steps[-1] + 1, metrics)
             window.add(metrics, len(steps))
             done = steps[-1] + 1
@@ -272,42 +426,65 @@ def _train_loop(run, workdir, manager, state, saved, description, stop_at_step):
             # A signal may reach one host of many: all stop at the same step.
             stopping = (distributed.any_process(bool(received))
                         or (stop_at_step is not None and steps[0] < stop_at_step <= done))
-            if due.log or stopping:  # a stop saves the open window: check it is finite
+            if due.log or due.save or stopping:  # nothing non-finite is logged or saved
                 values = window.means()  # one host sync
-                _check_finite(values, done - len(window) + 1, done, config.train.lr,
-                              manager.latest_step())
+                _end_diverged(lanes, values, engine.finite(state), done - len(window) + 1,
+                              done, single)
+                if all(lane.ended for lane in lanes):
+                    logging.warning("every replica diverged by step %d", done)
+                    return [lane.ended for lane in lanes]
             if due.log:
-                reporter.train_window(done, values, clock.window(batch * window.new_steps), batch)
-                train_values, window = values, Window()
-            eval_metrics = None
+                rate = clock.window(batch * window.new_steps)
+                for lane, value in zip(lanes, values):
+                    if not lane.ended:
+                        lane.reporter.train_window(done, value, rate, batch)
+                        lane.train_values = value
+                if not single:
+                    _log_group_progress(lanes, done, schedule.total_steps, values, rate)
+                window = Window(len(lanes))
+            results = [None] * len(lanes)
             if due.evaluate:
                 with clock.paused():
-                    eval_metrics = evaluate(eval_step, mesh, state, frozen, run.eval_data,
-                                            config.eval.batch_size)
-                reporter.eval_result(done, due.epoch, eval_metrics)
-                history.append({"epoch": due.epoch, "step": done,
-                                "train_loss": train_values["loss"],
-                                "train_accuracy": train_values["accuracy"],
-                                "test_loss": eval_metrics["loss"],
-                                "test_accuracy": eval_metrics["accuracy"]})
+                    results = engine.evaluate(state)
+                for lane, result in zip(lanes, results):
+                    if not lane.ended:
+                        lane.reporter.eval_result(done, due.epoch, result)
+                        lane.history.append({
+                            "epoch": due.epoch, "step": done,
+                            "train_loss": lane.train_values["loss"],
+                            "train_accuracy": lane.train_values["accuracy"],
+                            "test_loss": result["loss"], "test_accuracy": result["accuracy"]})
+                if not single:
+                    logging.info("epoch %d  test accuracy %s", due.epoch, " ".join(
+                        f"{result['accuracy']:.4f}" for lane, result in zip(lanes, results)
+                        if not lane.ended))
             if due.save or stopping:
                 with clock.paused():
-                    _save(manager, done, state, {**description, "step": done,
-                                                 "history": history,
-                                                 "open_window": window.carry(),
-                                                 "timing": {"wall_s": time.time() - started,
-                                                            **clock.carry()}},
-                          {"test_accuracy": eval_metrics["accuracy"]} if eval_metrics else None)
+                    timing = {"wall_s": time.time() - started, **clock.carry()}
+                    for index, lane in enumerate(lanes):
+                        if lane.ended:
+                            continue
+                        meta = {**lane.description, "step": done, "history": lane.history,
+                                "open_window": window.carry(index), "timing": timing}
+                        _save(lane.manager, done, engine.replica_state(state, index), meta,
+                              {"test_accuracy": results[index]["accuracy"]}
+                              if results[index] else None)
             if stopping:
-                manager.wait_until_finished()
+                for lane in lanes:
+                    if lane.manager and not lane.ended:
+                        lane.manager.wait_until_finished()
                 raise Interrupted(done, received[0] if received else None)
 
-    metrics = _final_metrics(run, history, clock.overall(), time.time() - started)
-    if distributed.is_chief():
-        write_json(os.path.join(workdir, "metrics.json"), metrics)
-    logging.info("done: test accuracy %.4f after %d epochs", metrics["test_accuracy"],
-                 config.train.epochs)
-    return metrics
+    speed, wall_time = clock.overall(), time.time() - started
+    for lane in lanes:
+        if lane.ended:
+            continue
+        lane.ended = _final_metrics(lane.run, lane.history, speed, wall_time, len(lanes))
+        if chief:
+            write_json(os.path.join(lane.workdir, "metrics.json"), lane.ended)
+        logging.info("%s done: test accuracy %.4f after %d epochs", lane.workdir,
+                     lane.ended["test_accuracy"], config.train.epochs)
+    return [lane.ended for lane in lanes]
 
 
 class _Profiler:
@@ -337,20 +514,3 @@ class _Profiler:
         self.tracing, self.done = False, True
 
 
-def _call_runner(run, mesh):
-    """run_call(state, frozen, steps, images, targets) -> (state, metrics): one compiled train
-    step, or train.steps_per_call of them scanned, for the (stacked) batches of a call."""
-    setup, per_call = run.setup, run.config.train.steps_per_call
-    augment_on_device = not run.train_data.augmented_on_host
-    single = make_train_step(setup.model, setup.optimizer, setup.param_labels, setup.schedule,
-                             augment_on_device)
-    multi = make_train_step(setup.model, setup.optimizer, setup.param_labels, setup.schedule,
-                            augment_on_device, per_call) if per_call > 1 else None
-    key = replicate(augment_key(run.config.seed), mesh)
-
-    def run_call(state, frozen, steps, images, targets):
-        if len(steps) > 1:
-            return multi(state, frozen, *shard_stacked_batches((images, targets), mesh), key)
-        return single(state, frozen, *shard_batch((images, targets), mesh), key)
-
-    return run_call
