@@ -45,6 +45,16 @@ _STOP_AT_STEP = flags.DEFINE_integer("stop_at_step", None, "Save a checkpoint af
 _GRID = flags.DEFINE_string("grid", None, "FIELD=V1,V2;FIELD=V1,... (tuples as 2/3).")
 _LAUNCHER = flags.DEFINE_enum("launcher", "local", ["local", "print"], "Run the points here "
                               "one after another, or print their commands.")
+_REPLICAS = flags.DEFINE_integer("replicas", 1, "sweep: train up to this many grid points "
+                                 "that differ only in lr, weight decay, momentum, lr scales, "
+                                 "bn_init or seed as replicas of one compiled program. bench: "
+                                 "time this many replicas of the config (seeds 0..K-1 with "
+                                 "--bench_seeds=different).")
+_GROUP = flags.DEFINE_integer("group", None, "sweep: run only this group (1-based) of the "
+                              "sweep's plan, e.g. one group per machine.")
+_BENCH_SEEDS = flags.DEFINE_enum("bench_seeds", "same", ["same", "different"], "bench with "
+                                 "--replicas: replicas of one seed (sharing the frozen weights "
+                                 "and the batch) or of K seeds.")
 _MULTI_PROCESS = flags.DEFINE_bool("multi_process", False, "One of several processes (one per "
                                    "host) that JAX finds itself: a TPU pod slice, a Slurm job "
                                    "step, an MPI launch.")
@@ -161,7 +171,8 @@ def cmd_sweep() -> None:
     with _exit_quietly_when_stopped():
         sweep.run_sweep(config, grid, root, _LAUNCHER.value,
                         config_flags.get_config_filename(flags.FLAGS["config"]),
-                        config_flags.get_override_values(flags.FLAGS["config"]))
+                        config_flags.get_override_values(flags.FLAGS["config"]),
+                        _REPLICAS.value, _GROUP.value)
 
 
 def cmd_aggregate() -> None:
@@ -195,7 +206,8 @@ def cmd_bench() -> None:
 
     config = _config()
     config_lib.validate(config)
-    print(bench.render(bench.run_bench(config)))
+    print(bench.render(bench.run_bench(config, replicas=_REPLICAS.value,
+                                       same_seed=_BENCH_SEEDS.value == "same")))
 
 
 _MULTI = ("multi_process", "coordinator_address", "num_processes", "process_id")
@@ -224,9 +236,9 @@ COMMANDS = {
         ("export", "out"), "bnjax materialize --export=r14_bn.bnjax --out=r14_bn_full"),
     "sweep": Command(
         cmd_sweep, "run (or print) a grid of runs over any config fields, then aggregate",
-        ("config", "workdir", "grid", "launcher"),
-        "bnjax sweep --config=configs/cifar10.py --grid='train.mode=bn,all;seed=0,1' "
-        "--workdir=runs/sweep1 --launcher=print"),
+        ("config", "workdir", "grid", "launcher", "replicas", "group"),
+        "bnjax sweep --config=configs/cifar10.py --grid='train.lr=0.1,0.3,1,3' "
+        "--workdir=runs/lr_sweep --replicas=4"),
     "aggregate": Command(
         cmd_aggregate, "collect a sweep's metrics into a table and a plot", ("workdir",),
         "bnjax aggregate --workdir=runs/sweep1"),
@@ -237,7 +249,7 @@ COMMANDS = {
         "--data_source=../shared/data/cifar10-jpeg.tar.gz"),
     "bench": Command(
         cmd_bench, "train, eval and input-pipeline images/s of a config on this machine",
-        ("config",), "bnjax bench --config=configs/cifar10.py:cifar_resnet_20"),
+        ("config", "replicas", "bench_seeds"), "bnjax bench --config=configs/cifar10.py:cifar_resnet_20"),
 }
 
 

@@ -4,8 +4,11 @@ paper-style plot of test accuracy against the number of trainable parameters.
 
 A grid is written `FIELD=V1,V2;FIELD=V1,...`, e.g.
 `model.name=cifar_resnet_14,cifar_resnet_20;train.mode=bn,output;seed=0,1`. Values are parsed
-by the type of the field in the config. Each run lives in ROOT/<field=value,...>; runs whose
-metrics.json exists are skipped, unfinished ones resume from their checkpoints.
+by the type of the field in the config. Each run lives in ROOT/<field=value,...>; finished runs
+of the same config are left as they are, unfinished ones resume from their checkpoints, and a
+folder holding a run of another config stops the sweep before anything trains. With
+--replicas=K, up to K points that differ only in numbers (bnjax.replicas.REPLICA_FIELDS) train
+together as one compiled program, each in its own folder.
 Run folders are named FIELD=VALUE__FIELD=VALUE, e.g. model.name=cifar_resnet_14__train.mode=bn.
 """
 from __future__ import annotations
@@ -19,6 +22,7 @@ import shlex
 from absl import logging
 
 from bnjax import config as config_lib
+from bnjax import replicas
 from bnjax.errors import ConfigError
 
 
@@ -96,44 +100,110 @@ def expand(config, grid) -> list[tuple[str, dict, object]]:
     return runs
 
 
+def _show(value) -> str:
+    return f"({','.join(map(str, value))})" if isinstance(value, tuple) else str(value)
+
+
 def train_command(config_arg: str, base_overrides: dict, workdir: str,
                   overrides: dict) -> str:
     """The `bnjax train` command of one point: the config file, the command line's own
     --config.FIELD overrides, then the point's."""
-    def show(value):
-        return f"({','.join(map(str, value))})" if isinstance(value, tuple) else str(value)
-
     words = ["bnjax", "train", f"--config={config_arg}", f"--workdir={workdir}",
-             *(f"--config.{f}={show(v)}" for f, v in {**base_overrides, **overrides}.items())]
+             *(f"--config.{f}={_show(v)}" for f, v in {**base_overrides, **overrides}.items())]
     return " ".join(shlex.quote(w) for w in words)
 
 
-def run_sweep(config, grid_spec: str, root: str, launcher: str, config_arg: str,
-              base_overrides: dict) -> list[str]:
-    """Run (launcher 'local') or print (launcher 'print') every grid point; return the commands."""
-    runs = expand(config, parse_grid(grid_spec, config))  # every point valid before any runs
-    commands = []
-    for index, (name, overrides, point) in enumerate(runs, 1):
-        workdir = os.path.join(root, name)
-        command = train_command(config_arg, base_overrides, workdir, overrides)
-        commands.append(command)
-        if launcher == "print":
-            print(command)
-            continue
-        if os.path.exists(os.path.join(workdir, "metrics.json")):
-            logging.info("sweep %d/%d %s: finished before, skipped", index, len(runs), name)
-            continue
-        logging.info("sweep %d/%d %s", index, len(runs), name)
-        from bnjax.train import train_and_evaluate  # imports jax; printing needs none of it
+def _refuse_other_configs(root: str, runs) -> None:
+    """ConfigError, before anything trains, for points whose folder holds a run of another
+    config (e.g. the same grid made with other epochs): its results are not this point's."""
+    from bnjax import runinfo
 
-        train_and_evaluate(point, workdir)
-    if launcher == "local":
-        aggregate(root)
+    clashes = []
+    for name, _, point in runs:
+        run_json = os.path.join(root, name, "run.json")
+        if not os.path.exists(run_json):
+            continue
+        with open(run_json) as f:
+            saved = config_lib.from_dict(json.load(f)["config"]).to_dict()
+        differences = runinfo.config_differences(saved, point.to_dict())
+        if differences:
+            field, old, new = differences[0]
+            clashes.append(f"{name} ({field}: {old!r} there, {new!r} here)")
+    if clashes:
+        raise ConfigError(f"{root} holds runs of another config: {'; '.join(clashes[:4])}"
+                          f"{' ...' if len(clashes) > 4 else ''}. Give the sweep a new "
+                          "--workdir, or move those folders away.")
+
+
+def plan_groups(runs, max_replicas: int) -> list[list]:
+    """The points of `runs` in groups that train as one program each (bnjax.replicas)."""
+    indices = replicas.plan([point for _, _, point in runs], max_replicas)
+    return [[runs[i] for i in group] for group in indices]
+
+
+def _describe_groups(groups) -> str:
+    return "; ".join(f"group {number} ({len(group)}): {', '.join(n for n, _, _ in group)}"
+                     for number, group in enumerate(groups, 1))
+
+
+def run_sweep(config, grid_spec: str, root: str, launcher: str, config_arg: str,
+              base_overrides: dict, max_replicas: int = 1,
+              only_group: int | None = None) -> list[str]:
+    """Run (launcher 'local') or print (launcher 'print') every grid point, up to max_replicas
+    of them at a time as replicas of one compiled program; return the commands printed.
+    only_group: run just that group (1-based) of the plan, e.g. one per machine."""
+    runs = expand(config, parse_grid(grid_spec, config))  # every point valid before any runs
+    if max_replicas < 1:
+        raise ConfigError(f"--replicas={max_replicas}: give 1 or more")
+    groups = plan_groups(runs, max_replicas)
+    if max_replicas > 1:
+        logging.info("sweep: %d points in %d groups: %s", len(runs), len(groups),
+                     _describe_groups(groups))
+    if only_group is not None:
+        if not 1 <= only_group <= len(groups):
+            raise ConfigError(f"--group={only_group}: the sweep has groups 1 to {len(groups)}")
+        groups = [groups[only_group - 1]]
+    if launcher == "print":
+        return _print_commands(groups, config_arg, base_overrides, root, grid_spec,
+                               max_replicas, only_group)
+    _refuse_other_configs(root, [point for group in groups for point in group])
+    from bnjax import train  # imports jax; printing needs none of it
+    from bnjax.metrics import write_json
+
+    for number, group in enumerate(groups, 1):
+        names = [name for name, _, _ in group]
+        logging.info("sweep %d/%d: %s", number, len(groups), ", ".join(names))
+        workdirs = [os.path.join(root, name) for name in names]
+        try:
+            train.train_group([point for _, _, point in group], workdirs)
+        except train.Diverged as diverged:  # a point alone: recorded, and the sweep goes on
+            logging.warning("sweep point %s diverged: %s", names[0], diverged)
+            write_json(os.path.join(workdirs[0], "metrics.json"), diverged.metrics)
+    aggregate(root)
+    return []
+
+
+def _print_commands(groups, config_arg, base_overrides, root, grid_spec, max_replicas,
+                    only_group) -> list[str]:
+    """One `bnjax train` per point; with replicas, one `bnjax sweep --group=N` per group."""
+    if max_replicas == 1:
+        commands = [train_command(config_arg, base_overrides, os.path.join(root, name),
+                                  overrides)
+                    for group in groups for name, overrides, _ in group]
+    else:
+        numbers = [only_group] if only_group else range(1, len(groups) + 1)
+        overrides = [f"--config.{f}={_show(v)}" for f, v in base_overrides.items()]
+        commands = [" ".join(shlex.quote(w) for w in [
+            "bnjax", "sweep", f"--config={config_arg}", f"--workdir={root}",
+            f"--grid={grid_spec}", f"--replicas={max_replicas}", f"--group={number}",
+            *overrides]) for number in numbers]
+    for command in commands:
+        print(command)
     return commands
 
 
 COLUMNS = ("run", "model", "mode", "seed", "epochs", "trainable_params", "total_params",
-           "test_accuracy", "test_loss", "train_accuracy", "wall_time_s")
+           "status", "diverged_at_step", "test_accuracy", "test_loss", "train_accuracy", "wall_time_s")
 # config fields that COLUMNS already show
 _SHOWN_FIELDS = ("model.name", "train.mode", "seed", "train.epochs")
 
@@ -149,7 +219,8 @@ def collect(root: str) -> list[dict]:
                 metrics = json.load(f)
             with open(os.path.join(root, name, "run.json")) as f:
                 configs.append(dict(config_lib.flat_fields(json.load(f)["config"])))
-            rows.append({"run": name, **{c: metrics.get(c) for c in COLUMNS[1:]}})
+            rows.append({"run": name, **{c: metrics.get(c) for c in COLUMNS[1:]},
+                         "status": metrics.get("status", "finished")})
     fields = sorted({f for config in configs for f in config} - set(_SHOWN_FIELDS))
     varied = [f for f in fields  # values may be lists: compared by their JSON
               if len({json.dumps(config.get(f)) for config in configs}) > 1]
@@ -160,6 +231,16 @@ def collect(root: str) -> list[dict]:
 
 def varied_fields(rows: list[dict]) -> list[str]:
     return [key for key in rows[0] if key not in COLUMNS] if rows else []
+
+
+def _accuracy_cell(row: dict) -> str:
+    if row["status"] == "diverged":
+        return f"diverged (step {row['diverged_at_step']})"
+    return f"{100 * row['test_accuracy']:.2f}"
+
+
+def _finished(rows: list[dict]) -> list[dict]:
+    return [row for row in rows if row["test_accuracy"] is not None]
 
 
 def _family(model_name: str) -> str:
@@ -228,15 +309,17 @@ def markdown_table(rows: list[dict]) -> str:
     varied = varied_fields(rows)
     header = ["model", "mode", *varied, "seed", "epochs", "trainable", "test accuracy (%)"]
     body = [[r["model"], r["mode"], *(str(r[f]) for f in varied), str(r["seed"]),
-             str(r["epochs"]), f"{r['trainable_params']:,}", f"{100 * r['test_accuracy']:.2f}"]
-            for r in sorted(rows, key=lambda r: (_model_order(r["model"]), -r["test_accuracy"]))]
+             str(r["epochs"]), f"{r['trainable_params']:,}", _accuracy_cell(r)]
+            for r in sorted(rows, key=lambda r: (_model_order(r["model"]),
+                                                 -(r["test_accuracy"] or -1)))]
     return _markdown(header, body)
 
 
 def by_mode(rows: list[dict]) -> tuple[list[str], list[str], dict]:
     """(modes, header of the line labels, {line label cells: {mode: [accuracy %, ...]}}): a line
-    per model, value of each other varied field and epochs; a list per seed."""
-    varied = varied_fields(rows)
+    per model, value of each other varied field and epochs; a list per seed. Diverged runs
+    are left out (the table lists them)."""
+    varied, rows = varied_fields(rows), _finished(rows)
     modes = [m for m in config_lib.MODES if any(r["mode"] == m for r in rows)]
     lines: dict = {}
     for r in sorted(rows, key=lambda r: (_model_order(r["model"]),
@@ -316,8 +399,10 @@ def aggregate(root: str) -> list[dict]:
         f.write(markdown_table(rows))
         if pivot_adds:
             f.write("\nTest accuracy (%) by training mode:\n\n" + markdown_pivot(pivot))
-    written = ["results.csv", "results.md", "accuracy_vs_trainable.png"]
-    plot(rows, os.path.join(root, written[-1]))
+    written = ["results.csv", "results.md"]
+    if _finished(rows):
+        written.append("accuracy_vs_trainable.png")
+        plot(_finished(rows), os.path.join(root, written[-1]))
     if pivot_adds:
         written.append("accuracy_by_mode.png")
         plot_by_mode(pivot, os.path.join(root, written[-1]))

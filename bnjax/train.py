@@ -17,6 +17,7 @@ from bnjax import config as config_lib
 from bnjax import data as data_lib
 from bnjax import (checkpoint, distributed, initial_weights, partition, replicas, runinfo,
                    summary)
+from bnjax import engine as engine_lib
 from bnjax import workdir as workdir_lib
 from bnjax.data.batches import steps_per_epoch as count_steps_per_epoch
 from bnjax.data.batches import prefetch
@@ -397,7 +398,7 @@ def _train_loop(lanes: list[Lane], states: list, saved: list, stop_at_step):
         logging.info("parameters:\n%s", summary.parameter_table(
             partition.merge(states[0].trainable, run.setup.frozen), run.setup.param_labels))
     mesh = make_mesh()
-    engine = replicas.make_engine([lane.run for lane in lanes], mesh)
+    engine = engine_lib.make_engine([lane.run for lane in lanes], mesh)
     state = engine.place(states)
     for lane in lanes:
         if not lane.ended:

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from bnjax import checkpoint, config as config_lib, export, replicas, train, trained
+from bnjax import checkpoint, config as config_lib, engine, export, train, trained
 from bnjax.data.image_folder import load_image_folder
 from bnjax.errors import (CheckpointError, ConfigError, DataError, TrainingError,
                           WorkdirError)
@@ -205,7 +205,7 @@ def config(image_folder, tmp_path):
 
 
 def _inject_nan_from(monkeypatch, first_bad_step):
-    make = replicas.make_train_step
+    make = engine.make_train_step
 
     def make_faulty(*args, **kwargs):
         step_fn = make(*args, **kwargs)
@@ -219,7 +219,7 @@ def _inject_nan_from(monkeypatch, first_bad_step):
 
         return faulty
 
-    monkeypatch.setattr(replicas, "make_train_step", make_faulty)
+    monkeypatch.setattr(engine, "make_train_step", make_faulty)
 
 
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(config, tmp_path,

@@ -153,3 +153,59 @@ def test_aggregate_averages_seeds_of_a_single_mode(tmp_path):
     pivot = open(os.path.join(root, "results.md")).read().split("by training mode:\n\n")[1]
     assert pivot.splitlines()[2] == "| cifar_resnet_20 | 160 | 35.50 ± 0.50 (2 seeds) |"
     assert os.path.exists(os.path.join(root, "accuracy_by_mode.png"))
+
+
+def test_a_sweep_with_replicas_gives_the_results_of_one_without(tiny_config, tmp_path):
+    grid = "train.lr=0.05,0.1,0.2,0.4"
+    alone, together = str(tmp_path / "alone"), str(tmp_path / "together")
+    sweep.run_sweep(tiny_config, grid, alone, "local", "x.py", {})
+    sweep.run_sweep(tiny_config, grid, together, "local", "x.py", {}, max_replicas=4)
+    rows = {root: {r["run"]: r for r in sweep.collect(root)} for root in (alone, together)}
+    assert sorted(rows[alone]) == sorted(rows[together]) and len(rows[alone]) == 4
+    for name, row in rows[alone].items():
+        other = rows[together][name]
+        # within two of the 12 test images (the replicas round differently, test_replicas.py)
+        assert abs(row["test_accuracy"] - other["test_accuracy"]) <= 2 / 12 + 1e-6
+        metrics = json.load(open(os.path.join(together, name, "metrics.json")))
+        assert metrics["replicas"] == 4
+
+
+def test_print_launcher_prints_one_sweep_command_per_group(tmp_path, capsys):
+    commands = sweep.run_sweep(base_config(), "train.lr=0.1,0.3,1;train.mode=bn,all",
+                               str(tmp_path), "print", "configs/cifar10.py",
+                               {"train.epochs": 3}, max_replicas=2)
+    # bn: lr 0.1 and 0.3, then lr 1 alone; the same for all
+    assert len(commands) == 4 and capsys.readouterr().out.splitlines() == commands
+    assert "--replicas=2 --group=1 --config.train.epochs=3" in commands[0]
+    plan = sweep.plan_groups(sweep.expand(base_config(), sweep.parse_grid(
+        "train.lr=0.1,0.3,1;train.mode=bn,all", base_config())), 2)
+    assert [[name for name, _, _ in group] for group in plan][0] == [
+        "train.lr=0.1__train.mode=bn", "train.lr=0.3__train.mode=bn"]
+    with pytest.raises(ConfigError, match="--group=5: the sweep has groups 1 to 4"):
+        sweep.run_sweep(base_config(), "train.lr=0.1,0.3,1;train.mode=bn,all", str(tmp_path),
+                        "print", "configs/cifar10.py", {}, max_replicas=2, only_group=5)
+
+
+def test_a_rerun_with_another_config_is_refused_before_anything_trains(tiny_config, tmp_path):
+    tiny_config.train.epochs = 1
+    root = str(tmp_path / "sweep")
+    sweep.run_sweep(tiny_config, "train.lr=0.1,0.2", root, "local", "x.py", {})
+    longer = tiny_config.copy_and_resolve_references()
+    longer.train.epochs = 2
+    stamp = os.path.getmtime(os.path.join(root, "train.lr=0.1", "metrics.json"))
+    with pytest.raises(ConfigError, match=r"holds runs of another config.*train.epochs: 1 "
+                                          r"there, 2 here.*new --workdir"):
+        sweep.run_sweep(longer, "train.lr=0.1,0.2,0.4", root, "local", "x.py", {})
+    assert not os.path.exists(os.path.join(root, "train.lr=0.4"))
+    assert os.path.getmtime(os.path.join(root, "train.lr=0.1", "metrics.json")) == stamp
+
+
+def test_a_point_that_diverges_alone_is_recorded_and_the_sweep_goes_on(tiny_config, tmp_path):
+    tiny_config.train.mode, tiny_config.train.weight_decay = "all", 0.5
+    tiny_config.train.epochs = 4
+    root = str(tmp_path / "sweep")
+    sweep.run_sweep(tiny_config, "train.lr=100,0.05", root, "local", "x.py", {})
+    rows = {r["run"]: r for r in sweep.collect(root)}
+    assert rows["train.lr=100.0"]["status"] == "diverged"
+    assert rows["train.lr=0.05"]["status"] == "finished"
+    assert "| diverged (step" in open(os.path.join(root, "results.md")).read()
