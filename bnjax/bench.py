@@ -58,7 +58,7 @@ def _replica_configs(config, replicas: int, same_seed: bool) -> list:
 
 
 def run_bench(config, warmup: int = 3, steps: int = 20, replicas: int = 1,
-              same_seed: bool = True) -> dict:
+              same_seed: bool = True, layout: str = "auto") -> dict:
     """Images/s of the program training would compile: one run, or `replicas` runs as one
     program (images/s then counts every replica's images)."""
     spec = parse_name(config.model.name)
@@ -76,7 +76,7 @@ def run_bench(config, warmup: int = 3, steps: int = 20, replicas: int = 1,
         runs.append(Run(replica, setup, data, data, Schedule.from_config(replica, count // batch)))
         states.append(state)
     mesh = make_mesh()
-    engine = make_engine(runs, mesh)
+    engine = make_engine(runs, mesh, layout)
     holder = {"state": engine.place(states)}
     own_batches = 1 if same_seed or replicas == 1 else replicas
     shape = ((per_call,) if per_call > 1 else ()) + ((own_batches,) if own_batches > 1 else ())
@@ -117,6 +117,7 @@ def run_bench(config, warmup: int = 3, steps: int = 20, replicas: int = 1,
     return {"model": config.model.name, "norm": config.model.norm, "mode": config.train.mode,
             "batch": batch, "steps_per_call": per_call, "replicas": replicas,
             "replica_seeds": "same" if same_seed else "different",
+            "replica_layout": getattr(engine, "layout", None),
             "eval_batch": eval_batch, "dtype": config.model.dtype,
             "backend": jax.default_backend(), "device_count": jax.device_count(),
             "device": str(jax.devices()[0].device_kind),
@@ -139,6 +140,7 @@ def render(result: dict) -> str:
              + (f", {result['steps_per_call']} per call" if result["steps_per_call"] > 1 else "")
              + (f", {result['replicas']} replicas, "
                 + ("one seed" if result["replica_seeds"] == "same" else "a seed each")
+                + f", {result['replica_layout']}"
                 if result["replicas"] > 1 else ""),
              f"{result['train_images_per_s']:.0f} img/s"
              + (" in all" if result["replicas"] > 1 else "")),

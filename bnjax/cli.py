@@ -55,6 +55,10 @@ _GROUP = flags.DEFINE_integer("group", None, "sweep: run only this group (1-base
 _BENCH_SEEDS = flags.DEFINE_enum("bench_seeds", "same", ["same", "different"], "bench with "
                                  "--replicas: replicas of one seed (sharing the frozen weights "
                                  "and the batch) or of K seeds.")
+_REPLICA_LAYOUT = flags.DEFINE_enum("replica_layout", "auto", ["auto", "vmap", "loop"],
+                                    "bench with --replicas: one batched computation (vmap) or "
+                                    "each replica in turn within the program (loop); auto: "
+                                    "loop on CPU, vmap on accelerators.")
 _MULTI_PROCESS = flags.DEFINE_bool("multi_process", False, "One of several processes (one per "
                                    "host) that JAX finds itself: a TPU pod slice, a Slurm job "
                                    "step, an MPI launch.")
@@ -207,7 +211,8 @@ def cmd_bench() -> None:
     config = _config()
     config_lib.validate(config)
     print(bench.render(bench.run_bench(config, replicas=_REPLICAS.value,
-                                       same_seed=_BENCH_SEEDS.value == "same")))
+                                       same_seed=_BENCH_SEEDS.value == "same",
+                                       layout=_REPLICA_LAYOUT.value)))
 
 
 _MULTI = ("multi_process", "coordinator_address", "num_processes", "process_id")
@@ -249,7 +254,8 @@ COMMANDS = {
         "--data_source=../shared/data/cifar10-jpeg.tar.gz"),
     "bench": Command(
         cmd_bench, "train, eval and input-pipeline images/s of a config on this machine",
-        ("config", "replicas", "bench_seeds"), "bnjax bench --config=configs/cifar10.py:cifar_resnet_20"),
+        ("config", "replicas", "bench_seeds", "replica_layout"),
+        "bnjax bench --config=configs/cifar10.py:cifar_resnet_20"),
 }
 
 

@@ -85,7 +85,7 @@ class SingleEngine:
 class GroupEngine:
     """Replicas of one group (check_group) as one vmapped program."""
 
-    def __init__(self, runs: list, mesh):
+    def __init__(self, runs: list, mesh, layout: str = "auto"):
         check_group([run.config for run in runs])
         self.runs, self.mesh, self.replicas = runs, mesh, len(runs)
         first = runs[0]
@@ -118,12 +118,13 @@ class GroupEngine:
                                        augment_on_device)
             return step(state, frozen, images, targets, key)
 
-        mapped = jax.vmap(replica_step, in_axes=(0, axis, axis, axis, axis, 0))
+        self.layout = layout = replica_layout(layout)
+        mapped = map_replicas(replica_step, (0, axis, axis, axis, axis, 0), len(runs), layout)
         per_call = config.train.steps_per_call
         self._single = compile_steps(mapped)
         self._multi = compile_steps(mapped, per_call) if per_call > 1 else None
-        self.eval_step = jax.jit(jax.vmap(eval_step_function(setup.model),
-                                      in_axes=(0, axis, 0, None, None, None)))
+        self.eval_step = jax.jit(map_replicas(eval_step_function(setup.model),
+                                              (0, axis, 0, None, None, None), len(runs), layout))
         self._finite = jax.jit(jax.vmap(_all_finite))
 
     def place(self, states: list):
@@ -167,9 +168,37 @@ class GroupEngine:
         return jax.tree.map(lambda leaf: leaf[index], state)
 
 
+LAYOUTS = ("vmap", "loop")
+
+
+def replica_layout(requested: str = "auto") -> str:
+    """How a group's program holds its replicas: 'vmap', one batched computation (larger
+    kernels, what fills an accelerator), or 'loop', each replica's own computation one after
+    another in the same program (the working set of one run, which the CPU's caches favour:
+    docs/PERFORMANCE.md has the measurements). 'auto': loop on CPU, vmap elsewhere."""
+    if requested != "auto":
+        return requested
+    return "loop" if jax.default_backend() == "cpu" else "vmap"
+
+
+def map_replicas(function, in_axes: tuple, replicas: int, layout: str):
+    """`function` over a leading replica axis of the arguments whose in_axes entry is 0 (the
+    others are shared), outputs stacked on a leading replica axis."""
+    if layout == "vmap":
+        return jax.vmap(function, in_axes=in_axes)
+
+    def looped(*args):
+        outputs = [function(*(jax.tree.map(lambda leaf, i=index: leaf[i], arg)
+                               if axis == 0 else arg for arg, axis in zip(args, in_axes)))
+                   for index in range(replicas)]
+        return _stack(outputs)
+
+    return looped
+
+
 def _stack(trees: list):
     return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
 
 
-def make_engine(runs: list, mesh):
-    return SingleEngine(runs[0], mesh) if len(runs) == 1 else GroupEngine(runs, mesh)
+def make_engine(runs: list, mesh, layout: str = "auto"):
+    return SingleEngine(runs[0], mesh) if len(runs) == 1 else GroupEngine(runs, mesh, layout)

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from bnjax import checkpoint, partition, replicas, sweep, train, trained
+from bnjax import checkpoint, engine, partition, replicas, sweep, train, trained
 from bnjax.config import validate
 from bnjax.errors import ConfigError
 
@@ -48,8 +48,10 @@ def _assert_same_run(group_metrics, alone_metrics, group_dir, alone_dir):
         np.testing.assert_allclose(ours, theirs, atol=PARAMETER_TOLERANCE)
 
 
+@pytest.mark.parametrize("layout", engine.LAYOUTS)
 @pytest.mark.parametrize("vary", ["lr", "seed_and_init"])
-def test_each_replica_equals_its_run_alone(config, tmp_path, vary):
+def test_each_replica_equals_its_run_alone(config, tmp_path, monkeypatch, vary, layout):
+    monkeypatch.setattr(engine, "replica_layout", lambda requested="auto": layout)
     if vary == "lr":  # one seed: shared frozen weights and batches
         configs = [_variant(config, train__lr=lr, train__weight_decay=wd)
                    for lr, wd in ((0.05, 1e-4), (0.2, 0.0), (0.4, 5e-4))]
