@@ -103,8 +103,8 @@ def run_bench(config, warmup: int = 3, steps: int = 20, replicas: int = 1,
                                np.ones(eval_batch, np.float32)), mesh)
     state = holder["state"]
     eval_compile_s, eval_rate = _median_rate(
-        lambda: engine.eval_step(state.trainable, engine.frozen, state.batch_stats,
-                                 *eval_inputs), eval_batch * replicas, warmup, max(steps // 2, 5))
+        lambda: engine.eval_batch(state, *eval_inputs), eval_batch * replicas, warmup,
+        max(steps // 2, 5))
 
     # The host side of feeding: choosing, gathering and placing batches (what the loop does).
     fed = 200

@@ -55,10 +55,10 @@ _GROUP = flags.DEFINE_integer("group", None, "sweep: run only this group (1-base
 _BENCH_SEEDS = flags.DEFINE_enum("bench_seeds", "same", ["same", "different"], "bench with "
                                  "--replicas: replicas of one seed (sharing the frozen weights "
                                  "and the batch) or of K seeds.")
-_REPLICA_LAYOUT = flags.DEFINE_enum("replica_layout", "auto", ["auto", "vmap", "loop"],
-                                    "bench with --replicas: one batched computation (vmap) or "
-                                    "each replica in turn within the program (loop); auto: "
-                                    "loop on CPU, vmap on accelerators.")
+_REPLICA_LAYOUT = flags.DEFINE_enum("replica_layout", "auto", ["auto", "sequential", "vmap"],
+                                    "bench with --replicas: one program called for each "
+                                    "replica in turn (sequential) or one vmapped program; "
+                                    "auto: sequential on CPU, vmap on accelerators.")
 _MULTI_PROCESS = flags.DEFINE_bool("multi_process", False, "One of several processes (one per "
                                    "host) that JAX finds itself: a TPU pod slice, a Slurm job "
                                    "step, an MPI launch.")

@@ -1,14 +1,18 @@
-"""What the training loop needs from the device side, for one run (SingleEngine, the program
-`bnjax train` has always compiled) or the replicas of a group (GroupEngine, one vmapped
-program): place the state, run a call of steps, evaluate, tell which replicas are still
+"""What the training loop needs from the device side, for one run or the replicas of a group
+(bnjax.replicas): place the state, run a call of steps, evaluate, tell which replicas are still
 finite, and hand out one replica's state.
 
-Replicas of one seed share the frozen weights, which stay unbatched: each convolution runs once
-over every replica's activations. They also share the data order and the augmentation, so one
-batch feeds them all. Replicas of different seeds carry their own frozen weights, data order
-and augmentation key, each stacked on the replica axis. Optimizer numbers that differ between
-replicas enter the step as traced values; those equal in the whole group stay constants, as in
-a run trained alone.
+The step is compiled with the optimizer's numbers (state.HYPERPARAMETERS) as arguments, so one
+program serves every replica of a group. Two layouts run a group:
+- 'sequential' (SequentialEngine): that one program called for each replica in turn. A replica
+  then computes exactly what the same run alone computes, bit for bit, and works in the memory
+  of one run, which the CPU's caches favour (docs/PERFORMANCE.md has the measurements).
+- 'vmap' (VmapEngine): one program with a leading replica axis (jax.vmap), which fills an
+  accelerator that a single CIFAR ResNet leaves mostly idle. Replicas of one seed share the
+  frozen weights unbatched, so each convolution runs once over every replica's activations; a
+  replica equals its run alone up to float rounding.
+Replicas of one seed also share the data order and augmentation, so one batch feeds them all;
+replicas of different seeds each have their own frozen weights, batches and augmentation key.
 """
 from __future__ import annotations
 
@@ -21,8 +25,44 @@ from bnjax.distributed import local_rows
 from bnjax.replicas import check_group
 from bnjax.state import HYPERPARAMETERS, augment_key, learning_rate_schedule, make_optimizer
 from bnjax.step import (compile_steps, eval_step_function, evaluation_result, evaluation_sums,
-                        make_eval_step, make_train_step, replicate, shard_batch,
-                        train_step_function)
+                        replicate, shard_batch, train_step_function)
+
+LAYOUTS = ("sequential", "vmap")
+_LR_SCALES = ("gamma_lr_scale", "beta_lr_scale")
+
+
+def replica_layout(requested: str = "auto") -> str:
+    """'auto': sequential on CPU, vmap on accelerators."""
+    if requested != "auto":
+        return requested
+    return "sequential" if jax.default_backend() == "cpu" else "vmap"
+
+
+def _traced_names(train_config) -> tuple:
+    """The optimizer numbers passed to the compiled step. The lr scales only where a run
+    scales (replicas.group_key keeps them apart): a multiplier is structure."""
+    scaled = any(train_config[name] != 1 for name in _LR_SCALES)
+    return tuple(n for n in HYPERPARAMETERS if scaled or n not in _LR_SCALES)
+
+
+def make_step_function(run):
+    """step(state, frozen, images, targets, augment_key, numbers) -> (state, metrics): the
+    train step of `run`, with the numbers of _traced_names(run) as an argument."""
+    config, setup = run.config, run.setup
+    constants = {name: config.train[name] for name in HYPERPARAMETERS
+                 if name not in _traced_names(config.train)}
+    augment_on_device = not run.train_data.augmented_on_host
+    per_epoch = run.schedule.steps_per_epoch
+
+    def step(state, frozen, images, targets, key, traced):
+        numbers = {**constants, **traced}
+        schedule = learning_rate_schedule(config.train, per_epoch, numbers["lr"])
+        optimizer = make_optimizer(config.train, setup.param_labels, schedule, setup.masks,
+                                   numbers)
+        return train_step_function(setup.model, optimizer, setup.param_labels, schedule,
+                                   augment_on_device)(state, frozen, images, targets, key)
+
+    return step
 
 
 def _all_finite(state):
@@ -33,108 +73,33 @@ def _all_finite(state):
         else jnp.asarray(True)
 
 
-class SingleEngine:
-    """One run: the program a run trained alone compiles."""
-    replicas = 1
-
-    def __init__(self, run, mesh):
-        self.run, self.mesh = run, mesh
-        setup, config = run.setup, run.config
-        augment_on_device = not run.train_data.augmented_on_host
-        per_call = config.train.steps_per_call
-        compile_args = (setup.model, setup.optimizer, setup.param_labels, setup.schedule,
-                        augment_on_device)
-        self._single = make_train_step(*compile_args)
-        self._multi = make_train_step(*compile_args, per_call) if per_call > 1 else None
-        self.eval_step = make_eval_step(setup.model)
-        self._finite = jax.jit(_all_finite)
-        self.frozen = replicate(setup.frozen, mesh)
-        self._key = replicate(augment_key(config.seed), mesh)
-
-    def place(self, states: list):
-        return replicate(states[0], self.mesh)
-
-    def calls(self, start_step: int):
-        """(steps, images, targets) of every call from start_step to the end."""
-        config, schedule = self.run.config, self.run.schedule
-        batch = config.train.batch_size
-        return group_into_calls(
-            train_batches(self.run.train_data, batch, config.seed, start_step,
-                          schedule.total_steps, local_rows(batch)),
-            config.train.steps_per_call, schedule.ends_call)
-
-    def run_call(self, state, steps, images, targets):
-        if len(steps) > 1:
-            return self._multi(state, self.frozen,
-                               *shard_batch((images, targets), self.mesh, 1), self._key)
-        return self._single(state, self.frozen, *shard_batch((images, targets), self.mesh),
-                            self._key)
-
-    def evaluate(self, state) -> list[dict]:
-        run = self.run
-        return [evaluation_result(evaluation_sums(self.eval_step, self.mesh, state, self.frozen,
-                                                  run.eval_data, run.config.eval.batch_size))]
-
-    def finite(self, state) -> np.ndarray:
-        return np.asarray(jax.device_get(self._finite(state))).reshape(1)
-
-    def replica_state(self, state, index: int):
-        return state
+def _stack(trees: list):
+    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
 
 
-class GroupEngine:
-    """Replicas of one group (check_group) as one vmapped program."""
+class _Engine:
+    """What both layouts share: the group's frozen weights, keys, numbers and batches."""
+    layout: str
 
-    def __init__(self, runs: list, mesh, layout: str = "auto"):
-        check_group([run.config for run in runs])
+    def __init__(self, runs: list, mesh):
+        if len(runs) > 1:
+            check_group([run.config for run in runs])
         self.runs, self.mesh, self.replicas = runs, mesh, len(runs)
-        first = runs[0]
-        config, setup = first.config, first.setup
-        # Equal seeds give equal frozen weights: one unbatched copy serves every replica.
+        self.config = runs[0].config
+        # Equal seeds draw equal frozen weights: one copy serves every replica.
         self.shared = len({run.config.seed for run in runs}) == 1
         if self.shared and len({run.setup.frozen_checksum for run in runs}) != 1:
             raise AssertionError("replicas of one seed drew different frozen weights")
-        axis = None if self.shared else 0
-        frozen = first.setup.frozen if self.shared else _stack([r.setup.frozen for r in runs])
-        self.frozen = replicate(frozen, mesh)
-        keys = [augment_key(run.config.seed) for run in runs]
-        self._key = replicate(keys[0] if self.shared else jnp.stack(keys), mesh)
-
-        hyper = [{name: run.config.train[name] for name in HYPERPARAMETERS} for run in runs]
-        constants = {name: value for name, value in hyper[0].items()
-                     if all(h[name] == value for h in hyper)}
-        varying = {name: np.asarray([h[name] for h in hyper], np.float32)
-                   for name in HYPERPARAMETERS if name not in constants}
-        self._varying = replicate(varying, mesh)
-        augment_on_device = not first.train_data.augmented_on_host
-        per_epoch = first.schedule.steps_per_epoch
-
-        def replica_step(state, frozen, images, targets, key, traced):
-            numbers = {**constants, **traced}
-            schedule = learning_rate_schedule(config.train, per_epoch, numbers["lr"])
-            optimizer = make_optimizer(config.train, setup.param_labels, schedule, setup.masks,
-                                       numbers)
-            step = train_step_function(setup.model, optimizer, setup.param_labels, schedule,
-                                       augment_on_device)
-            return step(state, frozen, images, targets, key)
-
-        self.layout = layout = replica_layout(layout)
-        mapped = map_replicas(replica_step, (0, axis, axis, axis, axis, 0), len(runs), layout)
-        per_call = config.train.steps_per_call
-        self._single = compile_steps(mapped)
-        self._multi = compile_steps(mapped, per_call) if per_call > 1 else None
-        self.eval_step = jax.jit(map_replicas(eval_step_function(setup.model),
-                                              (0, axis, 0, None, None, None), len(runs), layout))
-        self._finite = jax.jit(jax.vmap(_all_finite))
-
-    def place(self, states: list):
-        return replicate(_stack(states), self.mesh)
+        self.step_function = make_step_function(runs[0])
+        names = _traced_names(self.config.train)
+        self.numbers = [{name: np.float32(run.config.train[name]) for name in names}
+                        for run in runs]
 
     def calls(self, start_step: int):
-        """(steps, images, targets) of every call: one batch for all replicas of one seed,
-        else each replica's own batch stacked on a replicas axis after the steps axis."""
-        config, schedule = self.runs[0].config, self.runs[0].schedule
-        batch = config.train.batch_size
+        """(steps, images, targets) of every call from start_step to the end: one batch for
+        all replicas of one seed, else each replica's own batch stacked on a replicas axis
+        after the steps axis."""
+        schedule, batch = self.runs[0].schedule, self.config.train.batch_size
 
         def stream(run):
             return train_batches(run.train_data, batch, run.config.seed, start_step,
@@ -143,21 +108,107 @@ class GroupEngine:
         if self.shared:
             batches = stream(self.runs[0])
         else:
-            batches = ((items[0][0], np.stack([item[1] for item in items]),
-                        np.stack([item[2] for item in items]))
+            batches = ((items[0][0], np.stack([item[1] for item in items], axis=0),
+                        np.stack([item[2] for item in items], axis=0))
                        for items in zip(*(stream(run) for run in self.runs)))
-        return group_into_calls(batches, config.train.steps_per_call, schedule.ends_call)
+        return group_into_calls(batches, self.config.train.steps_per_call, schedule.ends_call)
+
+    def _compiled(self, function):
+        per_call = self.config.train.steps_per_call
+        return compile_steps(function), compile_steps(function, per_call) if per_call > 1 \
+            else None
+
+
+class SequentialEngine(_Engine):
+    """One compiled program, called for each replica in turn (one run: the run itself)."""
+    layout = "sequential"
+
+    def __init__(self, runs: list, mesh):
+        super().__init__(runs, mesh)
+        self._single, self._multi = self._compiled(self.step_function)
+        self.eval_step = jax.jit(eval_step_function(runs[0].setup.model))
+        self._finite = jax.jit(_all_finite)
+        self.frozen = [replicate(run.setup.frozen, mesh) for run in
+                       (runs[:1] if self.shared else runs)]
+        self._keys = [replicate(augment_key(run.config.seed), mesh) for run in runs]
+        self._numbers = [replicate(numbers, mesh) for numbers in self.numbers]
+
+    def _frozen_of(self, index: int):
+        return self.frozen[0 if self.shared else index]
+
+    def place(self, states: list) -> list:
+        return [replicate(state, self.mesh) for state in states]
+
+    def run_call(self, states: list, steps, images, targets):
+        multi = len(steps) > 1
+        step = self._multi if multi else self._single
+        new_states, metrics = [], []
+        for index, state in enumerate(states):
+            own = (images, targets) if self.shared else (images[:, index], targets[:, index]) \
+                if multi else (images[index], targets[index])
+            state, values = step(state, self._frozen_of(index),
+                                 *shard_batch(own, self.mesh, int(multi)),
+                                 self._keys[index], self._numbers[index])
+            new_states.append(state)
+            metrics.append(values)
+        if self.replicas == 1:
+            return new_states, metrics[0]
+        return new_states, {name: jnp.stack([m[name] for m in metrics], axis=-1)
+                            for name in metrics[0]}
+
+    def eval_batch(self, states: list, images, targets, weights) -> list:
+        """Every replica's eval sums of one placed batch (for benchmarks)."""
+        return [self.eval_step(state.trainable, self._frozen_of(index), state.batch_stats,
+                               images, targets, weights) for index, state in enumerate(states)]
+
+    def evaluate(self, states: list) -> list[dict]:
+        eval_data, batch = self.runs[0].eval_data, self.config.eval.batch_size
+        return [evaluation_result(evaluation_sums(self.eval_step, self.mesh, state,
+                                                  self._frozen_of(index), eval_data, batch))
+                for index, state in enumerate(states)]
+
+    def finite(self, states: list) -> np.ndarray:
+        return np.asarray(jax.device_get([self._finite(state) for state in states]))
+
+    def replica_state(self, states: list, index: int):
+        return states[index]
+
+
+class VmapEngine(_Engine):
+    """The replicas as one vmapped program."""
+    layout = "vmap"
+
+    def __init__(self, runs: list, mesh):
+        super().__init__(runs, mesh)
+        axis = None if self.shared else 0
+        mapped = jax.vmap(self.step_function, in_axes=(0, axis, axis, axis, axis, 0))
+        self._single, self._multi = self._compiled(mapped)
+        self.eval_step = jax.jit(jax.vmap(eval_step_function(runs[0].setup.model),
+                                          in_axes=(0, axis, 0, None, None, None)))
+        self._finite = jax.jit(jax.vmap(_all_finite))
+        self.frozen = replicate(runs[0].setup.frozen if self.shared else
+                                _stack([run.setup.frozen for run in runs]), mesh)
+        keys = [augment_key(run.config.seed) for run in runs]
+        self._key = replicate(keys[0] if self.shared else jnp.stack(keys), mesh)
+        self._numbers = replicate(_stack(self.numbers), mesh)
+
+    def place(self, states: list):
+        return replicate(_stack(states), self.mesh)
 
     def run_call(self, state, steps, images, targets):
         leading = (len(steps) > 1) + (not self.shared)
         step = self._multi if len(steps) > 1 else self._single
         return step(state, self.frozen, *shard_batch((images, targets), self.mesh, leading),
-                    self._key, self._varying)
+                    self._key, self._numbers)
+
+    def eval_batch(self, state, images, targets, weights):
+        """Every replica's eval sums of one placed batch (for benchmarks)."""
+        return self.eval_step(state.trainable, self.frozen, state.batch_stats, images,
+                              targets, weights)
 
     def evaluate(self, state) -> list[dict]:
-        run = self.runs[0]
-        sums = evaluation_sums(self.eval_step, self.mesh, state, self.frozen, run.eval_data,
-                               run.config.eval.batch_size)
+        sums = evaluation_sums(self.eval_step, self.mesh, state, self.frozen,
+                               self.runs[0].eval_data, self.config.eval.batch_size)
         return [evaluation_result({name: value[index] for name, value in sums.items()})
                 for index in range(self.replicas)]
 
@@ -168,37 +219,9 @@ class GroupEngine:
         return jax.tree.map(lambda leaf: leaf[index], state)
 
 
-LAYOUTS = ("vmap", "loop")
-
-
-def replica_layout(requested: str = "auto") -> str:
-    """How a group's program holds its replicas: 'vmap', one batched computation (larger
-    kernels, what fills an accelerator), or 'loop', each replica's own computation one after
-    another in the same program (the working set of one run, which the CPU's caches favour:
-    docs/PERFORMANCE.md has the measurements). 'auto': loop on CPU, vmap elsewhere."""
-    if requested != "auto":
-        return requested
-    return "loop" if jax.default_backend() == "cpu" else "vmap"
-
-
-def map_replicas(function, in_axes: tuple, replicas: int, layout: str):
-    """`function` over a leading replica axis of the arguments whose in_axes entry is 0 (the
-    others are shared), outputs stacked on a leading replica axis."""
-    if layout == "vmap":
-        return jax.vmap(function, in_axes=in_axes)
-
-    def looped(*args):
-        outputs = [function(*(jax.tree.map(lambda leaf, i=index: leaf[i], arg)
-                               if axis == 0 else arg for arg, axis in zip(args, in_axes)))
-                   for index in range(replicas)]
-        return _stack(outputs)
-
-    return looped
-
-
-def _stack(trees: list):
-    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
-
-
 def make_engine(runs: list, mesh, layout: str = "auto"):
-    return SingleEngine(runs[0], mesh) if len(runs) == 1 else GroupEngine(runs, mesh, layout)
+    """The engine of one run (always sequential: the program a run alone compiles) or of a
+    group in the given layout."""
+    if len(runs) == 1 or replica_layout(layout) == "sequential":
+        return SequentialEngine(runs, mesh)
+    return VmapEngine(runs, mesh)

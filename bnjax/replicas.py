@@ -1,7 +1,6 @@
-"""Replica groups: which runs can train together as one compiled program with a leading
-replica axis (bnjax.engine.GroupEngine): those whose configs differ only in numbers that leave
-every array's shape unchanged (REPLICA_FIELDS). Imports no JAX, so that planning a sweep is
-instant.
+"""Replica groups: which runs can train together on one compiled program (bnjax.engine):
+those whose configs differ only in numbers that leave every array's shape and the optimizer's
+structure unchanged (REPLICA_FIELDS). Imports no JAX, so that planning a sweep is instant.
 """
 from __future__ import annotations
 
@@ -18,10 +17,12 @@ REPLICA_FIELDS = ("seed", "model.bn_init", "train.lr", "train.weight_decay", "tr
 
 def _shared_fields(config) -> dict:
     """The fields every replica of a group must agree on, with the structural facts hidden in
-    replica fields: whether momentum is on, and (random_k's masks follow it) the seed."""
+    replica fields: whether momentum is on, whether a learning rate is scaled by role, and
+    (random_k's masks follow it) the seed."""
     shared = {name: value for name, value in flat_fields(config.to_dict())
               if name not in REPLICA_FIELDS}
     shared["train.momentum > 0"] = config.train.momentum > 0
+    shared["train lr scaled"] = config.train.gamma_lr_scale != 1 or config.train.beta_lr_scale != 1
     if config.train.mode in partition.MASKED_MODES:
         shared["seed"] = config.seed
     return shared

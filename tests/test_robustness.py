@@ -205,7 +205,7 @@ def config(image_folder, tmp_path):
 
 
 def _inject_nan_from(monkeypatch, first_bad_step):
-    make = engine.make_train_step
+    make = engine.compile_steps
 
     def make_faulty(*args, **kwargs):
         step_fn = make(*args, **kwargs)
@@ -219,7 +219,7 @@ def _inject_nan_from(monkeypatch, first_bad_step):
 
         return faulty
 
-    monkeypatch.setattr(engine, "make_train_step", make_faulty)
+    monkeypatch.setattr(engine, "compile_steps", make_faulty)
 
 
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(config, tmp_path,
