@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# One unattended accelerator check, at most 8 minutes on one GPU (7 benches of <= 50 s and 2
-# trainings of <= 65 s): `bnjax bench` (ResNet-20 BN-only and full training, ResNet-110 BN-only)
+# One unattended accelerator check, at most 9.5 minutes on one GPU (9 benches of <= 50 s and 2
+# trainings of <= 50 s): `bnjax bench` (ResNet-20 BN-only and full training, ResNet-110 BN-only)
 # and a short real BN-only training of cifar_resnet_110, each in float32 and bfloat16, plus
-# ResNet-20 BN-only in bfloat16 with 10 steps per compiled call (train.steps_per_call).
+# ResNet-20 BN-only in bfloat16 with 10 steps per compiled call (train.steps_per_call), plus
+# ResNet-14 BN-only as 8 and 64 replicas of one program (vmap; the hyperparameter sweeps'
+# layout on accelerators, docs/PERFORMANCE.md "Replicas").
 # Figures go to $RESULTS (default gpu_results/), one file each, plus summary.jsonl with every
 # bench JSON line and each training's metrics.json.
 #
@@ -12,7 +14,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 RESULTS=${RESULTS:-gpu_results}
 DATA=${DATA:-../shared/data/cifar10-jpeg.tar.gz}
-TRAIN_SECONDS=${TRAIN_SECONDS:-65}   # each short training is cut off after this long
+TRAIN_SECONDS=${TRAIN_SECONDS:-50}   # each short training is cut off after this long
 mkdir -p "$RESULTS"
 summary="$RESULTS/summary.jsonl"
 : > "$summary"
@@ -35,6 +37,9 @@ for dtype in float32 bfloat16; do
 done
 bench "r20_bn_bfloat16_10_per_call" --config=configs/cifar10.py:cifar_resnet_20 \
   --config.model.dtype=bfloat16 --config.train.steps_per_call=10
+for k in 8 64; do
+  bench "r14_bn_${k}_replicas" --config=configs/cifar10.py:cifar_resnet_14 --replicas=$k
+done
 
 for dtype in float32 bfloat16; do
   workdir="$RESULTS/train_r110_bn_$dtype"

@@ -3,6 +3,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from bnjax import bench
 from bnjax.config import base_config
 
@@ -31,11 +33,26 @@ def test_bench_times_calls_of_several_steps():
     assert "train step, batch 8, 3 per call" in bench.render(result)
 
 
+@pytest.mark.parametrize("layout", ["sequential", "vmap"])
+@pytest.mark.parametrize("same_seed", [True, False])
+def test_bench_times_replicas_in_either_layout(layout, same_seed):
+    config = base_config()
+    config.model.name, config.train.batch_size, config.eval.batch_size = "cifar_resnet_8_4", 8, 16
+    config.train.steps_per_call = 2
+    result = bench.run_bench(config, warmup=1, steps=2, replicas=3, same_seed=same_seed,
+                             layout=layout)
+    assert result["replicas"] == 3 and result["replica_layout"] == layout
+    assert result["train_images_per_s"] > 0 and result["eval_images_per_s"] > 0
+    seeds = "one seed" if same_seed else "a seed each"
+    assert f"2 per call, 3 replicas, {seeds}, {layout}" in bench.render(result)
+
+
 def test_gpu_check_script_is_valid_shell():
     script = os.path.join(REPO, "launch", "gpu_check.sh")
     assert subprocess.run(["bash", "-n", script]).returncode == 0
     text = open(script).read()
     assert "bfloat16" in text and "cifar_resnet_110" in text and "summary.jsonl" in text
+    assert "--replicas=$k" in text
 
 
 def test_xla_cpu_defaults_are_added_and_user_flags_win():
