@@ -157,7 +157,7 @@ def run_sweep(config, grid_spec: str, root: str, launcher: str, config_arg: str,
         raise ConfigError(f"--replicas={max_replicas}: give 1 or more")
     groups = plan_groups(runs, max_replicas)
     if max_replicas > 1:
-        logging.info("sweep: %d points in %d groups: %s", len(runs), len(groups),
+        logging.info("sweep: %d points in %d group(s): %s", len(runs), len(groups),
                      _describe_groups(groups))
     if only_group is not None:
         if not 1 <= only_group <= len(groups):
@@ -203,7 +203,8 @@ def _print_commands(groups, config_arg, base_overrides, root, grid_spec, max_rep
 
 
 COLUMNS = ("run", "model", "mode", "seed", "epochs", "trainable_params", "total_params",
-           "status", "diverged_at_step", "test_accuracy", "test_loss", "train_accuracy", "wall_time_s")
+           "status", "diverged_at_step", "test_accuracy", "test_loss", "train_accuracy",
+           "wall_time_s")
 # config fields that COLUMNS already show
 _SHOWN_FIELDS = ("model.name", "train.mode", "seed", "train.epochs")
 

@@ -74,3 +74,17 @@ def test_gpu_workstation_dry_run():
 def test_unknown_option_is_an_error():
     result = launch("slurm.sh", "--nodez=2")
     assert result.returncode == 2 and "unknown option --nodez=2" in result.stderr
+
+
+def test_hyperparameter_screen_lists_its_points_and_refuses_unknown_ones():
+    listed = launch("hyperparameter_screen.sh", "--list")
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert len(lines) == 19
+    assert lines[0].startswith("sgd_lr0.1_wd0.0001: bnjax train --config.train.lr=0.1 "
+                               "--config.train.weight_decay=0.0001 "
+                               "--config=configs/cifar10.py:cifar_resnet_14")
+    adam = [line for line in lines if line.startswith("adam:")][0]
+    assert "bnjax sweep --grid=train.optimizer=adam;train.lr=0.001,0.01,0.03 --replicas=3" in adam
+    unknown = launch("hyperparameter_screen.sh", "sgd_lr42")
+    assert unknown.returncode == 2 and "unknown point 'sgd_lr42'" in unknown.stderr
