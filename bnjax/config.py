@@ -191,6 +191,10 @@ def _require(ok: bool, field: str, value, accepted: str) -> None:
         raise ConfigError(f"config field '{field}' = {value!r} is invalid: {accepted}.")
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # True is an int to Python
+
+
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -204,7 +208,7 @@ def looks_like_path(source: str) -> bool:
 def validate(config) -> None:
     """Raise ConfigError for the first field that is wrong. Touches no file but data.source."""
     _check_known_fields(config)
-    _require(isinstance(config.seed, int) and not isinstance(config.seed, bool)
+    _require(_is_int(config.seed)
              and 0 <= config.seed < 2**31, "seed", config.seed, "an integer in [0, 2**31)")
     try:
         registry.parse_name(config.model.name)
@@ -220,11 +224,11 @@ def validate(config) -> None:
 
     train = config.train
     _require(train.mode in MODES, "train.mode", train.mode, f"accepted: {', '.join(MODES)}")
-    _require(isinstance(train.random_k, int) and train.random_k >= 1, "train.random_k",
+    _require(_is_int(train.random_k) and train.random_k >= 1, "train.random_k",
              train.random_k, "a positive integer")
-    _require(isinstance(train.epochs, int) and 1 <= train.epochs <= 100_000, "train.epochs",
+    _require(_is_int(train.epochs) and 1 <= train.epochs <= 100_000, "train.epochs",
              train.epochs, "an integer from 1 to 100000")
-    _require(isinstance(train.batch_size, int) and 1 <= train.batch_size <= 1 << 20,
+    _require(_is_int(train.batch_size) and 1 <= train.batch_size <= 1 << 20,
              "train.batch_size", train.batch_size, "a positive integer")
     _require(_is_number(train.lr) and 0 < train.lr <= 100, "train.lr", train.lr,
              "a number in (0, 100]")
@@ -238,7 +242,7 @@ def validate(config) -> None:
     _require(all(_is_number(m) and m > 0 for m in milestones)
              and list(milestones) == sorted(set(milestones)), "train.lr_milestones",
              train.lr_milestones, "increasing positive epochs, e.g. (80, 120) or (2.5, 3.75)")
-    _require(isinstance(train.warmup_epochs, int) and 0 <= train.warmup_epochs < train.epochs,
+    _require(_is_int(train.warmup_epochs) and 0 <= train.warmup_epochs < train.epochs,
              "train.warmup_epochs", train.warmup_epochs, "an integer in [0, train.epochs)")
     _require(not milestones or milestones[0] > train.warmup_epochs, "train.lr_milestones",
              train.lr_milestones, f"epochs after the warm-up (train.warmup_epochs = "
@@ -257,17 +261,17 @@ def validate(config) -> None:
         _require(scale == 1 or role in MODE_ROLES[train.mode], field, scale,
                  f"train.mode = {train.mode!r} trains no {role}; leave it at 1 or choose a "
                  f"mode that trains {role} (bn, {role}, all, ...)")
-    _require(isinstance(train.steps_per_call, int) and not isinstance(train.steps_per_call, bool)
+    _require(_is_int(train.steps_per_call)
              and 1 <= train.steps_per_call <= 1000, "train.steps_per_call",
              train.steps_per_call, "an integer from 1 to 1000 (1: one step per call)")
-    _require(isinstance(config.eval.batch_size, int) and config.eval.batch_size >= 1,
+    _require(_is_int(config.eval.batch_size) and config.eval.batch_size >= 1,
              "eval.batch_size", config.eval.batch_size, "a positive integer")
-    _require(isinstance(config.eval.every_epochs, int) and config.eval.every_epochs >= 1,
+    _require(_is_int(config.eval.every_epochs) and config.eval.every_epochs >= 1,
              "eval.every_epochs", config.eval.every_epochs, "a positive integer")
-    _require(isinstance(config.log.every_steps, int) and config.log.every_steps >= 1,
+    _require(_is_int(config.log.every_steps) and config.log.every_steps >= 1,
              "log.every_steps", config.log.every_steps, "a positive integer")
     profile = tuple(config.log.profile_steps)
-    _require(profile == () or (len(profile) == 2 and all(isinstance(v, int) for v in profile)
+    _require(profile == () or (len(profile) == 2 and all(_is_int(v) for v in profile)
                                and 1 <= profile[0] <= profile[1]),
              "log.profile_steps", config.log.profile_steps,
              "() or (first, last) global steps with 1 <= first <= last, e.g. (100, 110)")
@@ -275,11 +279,11 @@ def validate(config) -> None:
     for field, lowest in (("every_epochs", 1), ("every_steps", 0), ("keep_last", 1),
                           ("keep_best", 0)):
         value = config.checkpoint[field]
-        _require(isinstance(value, int) and not isinstance(value, bool) and value >= lowest,
+        _require(_is_int(value) and value >= lowest,
                  f"checkpoint.{field}", value, f"an integer >= {lowest}")
 
     threads = config.data.decode_threads
-    _require(isinstance(threads, int) and not isinstance(threads, bool) and 1 <= threads <= 256,
+    _require(_is_int(threads) and 1 <= threads <= 256,
              "data.decode_threads", threads, "an integer from 1 to 256")
     source = config.data.source
     _require(isinstance(source, str) and source != "", "data.source", source,

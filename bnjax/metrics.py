@@ -12,6 +12,8 @@ import numpy as np
 from absl import logging
 from tensorboardX import SummaryWriter
 
+from bnjax.errors import WorkdirError
+
 
 def format_duration(seconds: float) -> str:
     seconds = int(max(seconds, 0))
@@ -28,12 +30,30 @@ def write_json(path: str, payload: dict) -> None:
     os.replace(temporary, path)
 
 
+def _read_log_lines(path: str) -> list:
+    """(line, record) of every complete line; a last line cut short (a full disk during the
+    append) is dropped with a warning: its window is logged again when its steps rerun."""
+    with open(path) as f:
+        lines = [line for line in f if line.strip()]
+    records = []
+    for index, line in enumerate(lines):
+        try:
+            records.append((line, json.loads(line)))
+        except json.JSONDecodeError:
+            if index < len(lines) - 1 or line.endswith("\n"):
+                raise WorkdirError(f"{path} line {index + 1} is not JSON; repair or remove "
+                                   "that line to resume") from None
+            logging.warning("%s: dropping its last line, written only in part: %r", path,
+                            line[:80])
+    return records
+
+
 def _keep_lines_up_to(path: str, last_step: int) -> None:
     """Drop log lines past `last_step`: after a crash they describe steps that will rerun."""
     if not os.path.exists(path):
         return
-    with open(path) as f:
-        kept = [line for line in f if line.strip() and json.loads(line)["step"] <= last_step]
+    kept = [line if line.endswith("\n") else line + "\n"
+            for line, record in _read_log_lines(path) if record["step"] <= last_step]
     with open(f"{path}.tmp", "w") as f:
         f.writelines(kept)
     os.replace(f"{path}.tmp", path)

@@ -1,5 +1,6 @@
 """Every bad input and fault gets a clear answer, and nothing of the last good state is lost."""
 import errno
+import json
 import os
 import subprocess
 import sys
@@ -352,3 +353,27 @@ def test_every_config_field_has_a_meaning_and_is_listed():
     assert len(listing) == len(fields)
     assert any(line.startswith("train.mode = 'bn'") and "which parameters learn" in line
                for line in listing)
+
+
+def test_a_train_log_line_cut_short_by_a_full_disk_is_dropped_on_resume(config, tmp_path,
+                                                                         caplog):
+    workdir = str(tmp_path / "run")
+    with pytest.raises(train.Interrupted):
+        train.train_and_evaluate(config, workdir, stop_at_step=4)
+    log = os.path.join(workdir, "train_log.jsonl")
+    with open(log, "a") as f:
+        f.write('{"step": 5, "loss": 1.2')  # the append a full disk cut short
+    metrics = train.train_and_evaluate(config, workdir)
+    assert metrics["steps"] == 6
+    steps = [json.loads(line)["step"] for line in open(log)]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    assert "written only in part" in caplog.text
+
+
+@pytest.mark.parametrize("field", ["train.epochs", "train.batch_size", "seed",
+                                   "log.every_steps", "eval.batch_size"])
+def test_a_boolean_is_not_an_integer_field(config, field):
+    group, _, name = field.rpartition(".")
+    (config[group] if group else config)[name] = True
+    with pytest.raises(ConfigError, match=f"'{field}' = True is invalid"):
+        config_lib.validate(config)
