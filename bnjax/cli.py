@@ -331,6 +331,16 @@ def main(argv) -> None:
 
 def run(argv=None) -> None:
     argv = list(sys.argv if argv is None else argv)
+    if len(argv) >= 2 and argv[1] in ("--version", "version"):
+        from bnjax.runinfo import code_identity
+
+        code = code_identity()
+        dirty = " (uncommitted changes)" if code["git_dirty"] else ""
+        commit = (f"commit {code['git_commit'][:12]}{dirty}" if code["git_commit"]
+                  else "not in a git checkout")
+        print(f"bnjax {code['bnjax_version']}, {commit}, source sha256 "
+              f"{code['source_sha256'][:16]}")
+        sys.exit(0)
     if len(argv) < 2 or argv[1] in ("-h", "--help", "--helpfull", "help"):
         print(overview())
         sys.exit(0 if len(argv) >= 2 else EXIT_USAGE)

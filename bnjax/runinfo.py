@@ -1,8 +1,11 @@
 """What must travel with every run, checkpoint and export to rebuild the same frozen weights."""
 from __future__ import annotations
 
+import functools
+import hashlib
 import importlib.metadata
 import os
+import subprocess
 
 import jax
 
@@ -10,7 +13,47 @@ from bnjax import initial_weights
 from bnjax.config import flat_fields
 from bnjax.errors import CheckpointError
 
-LIBRARIES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "bnjax")
+# every library that decides a number: numpy the data order, Pillow (and its libjpeg) the
+# decoded pixels, tensorflow-datasets the tfds data
+LIBRARIES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "pillow",
+             "tensorflow-datasets", "bnjax")
+_PACKAGE = os.path.dirname(os.path.abspath(__file__))
+
+
+@functools.lru_cache(maxsize=1)
+def code_identity() -> dict:
+    """What identifies the bnjax code that runs: its version, a sha256 over its source files,
+    and the git commit of the checkout it runs from (None outside one) and whether that
+    checkout had uncommitted changes."""
+    digest = hashlib.sha256()
+    for folder, _, names in sorted(os.walk(_PACKAGE)):
+        for name in sorted(n for n in names if n.endswith(".py")):
+            path = os.path.join(folder, name)
+            digest.update(os.path.relpath(path, _PACKAGE).encode() + b"\0")
+            with open(path, "rb") as f:
+                digest.update(f.read() + b"\0")
+
+    def git(*args):
+        try:
+            done = subprocess.run(["git", "-C", _PACKAGE, *args], capture_output=True,
+                                  text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    # only the checkout bnjax itself lives in (not a repository it was installed inside)
+    in_checkout = git("rev-parse", "--show-toplevel") == os.path.dirname(_PACKAGE)
+    commit = git("rev-parse", "HEAD") if in_checkout else None
+    dirty = bool(git("status", "--porcelain", "--untracked-files=no")) if commit else None
+    return {"bnjax_version": _installed_version(), "source_sha256": digest.hexdigest(),
+            "git_commit": commit, "git_dirty": dirty}
+
+
+def _installed_version() -> str | None:
+    try:
+        return importlib.metadata.version("bnjax")
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def library_versions() -> dict:
@@ -35,7 +78,8 @@ def describe(config, frozen_checksum: str, frozen_init: str, num_classes: int,
             "image_shape": list(image_shape), "frozen_checksum": frozen_checksum,
             "frozen_init": frozen_init,
             "prng": prng_settings(),
-            "versions": library_versions(), "backend": jax.default_backend(),
+            "versions": library_versions(), "code": code_identity(),
+            "backend": jax.default_backend(),
             "device_count": jax.device_count(), "process_count": jax.process_count(),
             # informational: XLA settings change float rounding, not what the seed regenerates
             "xla_flags": os.environ.get("XLA_FLAGS", "")}

@@ -183,3 +183,36 @@ def test_profile_steps_write_a_trace_of_those_steps(tiny_config, tmp_path):
     train_and_evaluate(tiny_config, str(workdir))
     traces = list((workdir / "profile").rglob("*.xplane.pb"))
     assert len(traces) == 1 and traces[0].stat().st_size > 0
+
+
+def test_run_json_checkpoints_and_exports_say_which_code_and_libraries_made_them(tiny_config,
+                                                                                tmp_path):
+    import subprocess
+
+    from bnjax import trained
+
+    workdir = str(tmp_path / "run")
+    train_and_evaluate(tiny_config, workdir)
+    trained.export_workdir(workdir, str(tmp_path / "model.bnjax"))
+    head = subprocess.run(["git", "-C", os.path.dirname(__file__), "rev-parse", "HEAD"],
+                          capture_output=True, text=True)
+    expected_commit = head.stdout.strip() if head.returncode == 0 else None
+    run_json = json.load(open(os.path.join(workdir, "run.json")))
+    exported = trained.from_export(str(tmp_path / "model.bnjax")).description
+    checkpointed = trained.from_workdir(workdir).description
+    for description in (run_json, exported, checkpointed):
+        code = description["code"]
+        assert code["git_commit"] == expected_commit
+        assert len(code["source_sha256"]) == 64 and code["bnjax_version"]
+        assert description["versions"]["numpy"] == np.__version__
+        assert description["versions"]["pillow"]
+
+
+def test_version_names_the_code():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "bnjax", "--version"], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0
+    assert done.stdout.startswith("bnjax ") and "source sha256 " in done.stdout
