@@ -212,6 +212,17 @@ def report(results: list[dict]) -> str:
         + ".\n"
 
 
+def write_ablation_csv(results: list[dict], path: str) -> None:
+    """A line per run and fraction of gammas zeroed; `norm` tells runs of one model apart."""
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["model", "norm", "mode", "seed", "fraction_zeroed", "test_accuracy"])
+        for r in results:
+            for a in r["ablation"]:
+                writer.writerow([r["model"], r.get("norm", "batchnorm"), r["mode"], r["seed"],
+                                 a["fraction_zeroed"], a["test_accuracy"]])
+
+
 def write_outputs(results: list[dict], out_dir: str) -> list[str]:
     os.makedirs(out_dir, exist_ok=True)
     written = []
@@ -222,13 +233,7 @@ def write_outputs(results: list[dict], out_dir: str) -> list[str]:
         with open(path, "w") as f:
             json.dump({k: v for k, v in result.items() if not k.startswith("_")}, f, indent=2)
         written.append(path)
-    with open(os.path.join(out_dir, "ablation.csv"), "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["model", "mode", "seed", "fraction_zeroed", "test_accuracy"])
-        for r in results:
-            for a in r["ablation"]:
-                writer.writerow([r["model"], r["mode"], r["seed"], a["fraction_zeroed"],
-                                 a["test_accuracy"]])
+    write_ablation_csv(results, os.path.join(out_dir, "ablation.csv"))
     with open(os.path.join(out_dir, "report.md"), "w") as f:
         f.write(report(results))
     plot_histograms(results, os.path.join(out_dir, "gamma_histograms.png"))

@@ -245,9 +245,15 @@ def _finished(rows: list[dict]) -> list[dict]:
 
 
 def _family(model_name: str) -> str:
+    """The panel a model is drawn in: CIFAR ResNets by width 16 (depth varies) or by depth
+    (width varies), VGGs and ImageNet ResNets by name."""
     from bnjax.models import parse_name
 
     spec = parse_name(model_name)
+    if spec.family == "cifar_vgg":
+        return f"VGG-{spec.depth}"
+    if spec.family == "imagenet_resnet":
+        return "ImageNet ResNets"
     return "deep ResNets (width 16)" if spec.width == 16 else f"ResNet-{spec.depth}, varying width"
 
 

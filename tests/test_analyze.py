@@ -101,3 +101,15 @@ def test_every_family_and_normalisation_is_analyzed(image_folder, tmp_path, name
                         else (f"{name} ({norm})", f"analysis_1_{name}_{norm}_bn"))
     assert open(tmp_path / "out" / "report.md").readline() == f"| | {label} bn |\n"
     assert any(os.path.basename(p).startswith(file_name) for p in written)
+
+
+def test_ablation_csv_tells_runs_of_one_model_apart_by_norm(tmp_path):
+    results = [{"model": "cifar_resnet_14", "norm": norm, "mode": "bn", "seed": 0,
+                "ablation": [{"fraction_zeroed": 0.0, "test_accuracy": accuracy}]}
+               for norm, accuracy in (("batchnorm", 0.35), ("affine", 0.3))]
+    path = str(tmp_path / "ablation.csv")
+    analyze.write_ablation_csv(results, path)
+    lines = open(path).read().splitlines()
+    assert lines == ["model,norm,mode,seed,fraction_zeroed,test_accuracy",
+                     "cifar_resnet_14,batchnorm,bn,0,0.0,0.35",
+                     "cifar_resnet_14,affine,bn,0,0.0,0.3"]

@@ -209,3 +209,10 @@ def test_a_point_that_diverges_alone_is_recorded_and_the_sweep_goes_on(tiny_conf
     assert rows["train.lr=100.0"]["status"] == "diverged"
     assert rows["train.lr=0.05"]["status"] == "finished"
     assert "| diverged (step" in open(os.path.join(root, "results.md")).read()
+
+
+def test_plot_panels_name_the_family_of_each_model():
+    assert sweep._family("cifar_vgg_11") == "VGG-11"
+    assert sweep._family("imagenet_resnet_50") == "ImageNet ResNets"
+    assert sweep._family("cifar_resnet_110") == "deep ResNets (width 16)"
+    assert sweep._family("cifar_resnet_14_64") == "ResNet-14, varying width"
