@@ -73,8 +73,9 @@ def prng_settings() -> dict:
 
 
 def describe(config, frozen_checksum: str, frozen_init: str, num_classes: int,
-             image_shape) -> dict:
+             image_shape, class_names=None) -> dict:
     return {"seed": config.seed, "config": config.to_dict(), "num_classes": num_classes,
+            "class_names": list(class_names) if class_names is not None else None,
             "image_shape": list(image_shape), "frozen_checksum": frozen_checksum,
             "frozen_init": frozen_init,
             "prng": prng_settings(),

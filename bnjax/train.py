@@ -41,7 +41,8 @@ class Run:
 
     def describe(self) -> dict:
         return runinfo.describe(self.config, self.setup.frozen_checksum, self.setup.frozen_init,
-                                self.train_data.num_classes, self.train_data.image_shape)
+                                self.train_data.num_classes, self.train_data.image_shape,
+                                self.train_data.class_names)
 
 
 def check_devices(config, device_count: int) -> None:

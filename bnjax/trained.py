@@ -13,8 +13,9 @@ import orbax.checkpoint as ocp
 
 from bnjax import checkpoint, export, partition, runinfo
 from bnjax import config as config_lib
+from bnjax.config import looks_like_path
 from bnjax import data as data_lib
-from bnjax.errors import CheckpointError
+from bnjax.errors import CheckpointError, DataError
 from bnjax.metrics import write_json
 from bnjax.models import parse_name
 from bnjax.state import ModelSetup, TrainState, initialize
@@ -94,8 +95,14 @@ def evaluate_export(path: str, data_source: str | None = None) -> dict:
     config = trained.config
     if data_source:
         config.data.source = data_source
+    elif looks_like_path(config.data.source) and not os.path.exists(config.data.source):
+        raise DataError(f"{path} was trained on {config.data.source}, which is not on this "
+                        "machine; give --data_source=PATH (an image folder or archive of the "
+                        "same classes)")
     eval_data = data_lib.load_eval_split(
         config.data, parse_name(config.model.name).image_size, config.seed)
+    eval_data = _with_training_labels(eval_data, trained.description.get("class_names"),
+                                      config.data.source, path)
     mesh = make_mesh()
     state, frozen = replicate((trained.state, trained.setup.frozen), mesh)
     result = evaluate(make_eval_step(trained.setup.model), mesh, state, frozen, eval_data,
@@ -103,6 +110,25 @@ def evaluate_export(path: str, data_source: str | None = None) -> dict:
     return {"test_accuracy": result["accuracy"], "test_loss": result["loss"],
             "model": config.model.name, "mode": config.train.mode, "seed": config.seed,
             "step": trained.description["step"], "examples": len(eval_data)}
+
+
+def _with_training_labels(data, trained_classes, source: str, path: str):
+    """`data` labelled as the model was trained: the same class names (in the same order), or
+    some of them, relabelled to the training indices. Models exported before class names were
+    recorded are evaluated as they come."""
+    if trained_classes is None or list(data.class_names) == list(trained_classes):
+        return data
+    unknown = [name for name in data.class_names if name not in trained_classes]
+    if unknown or not isinstance(data, data_lib.Dataset):
+        raise DataError(f"{source} has classes {list(data.class_names)}, but {path} was trained "
+                        f"on {list(trained_classes)}"
+                        + (f" ({', '.join(unknown)} not among them)" if unknown else "")
+                        + "; evaluate it on data of those classes (class folders named as in "
+                        "training, or some of them)")
+    to_training = np.asarray([list(trained_classes).index(n) for n in data.class_names],
+                             np.int32)
+    return dataclasses.replace(data, labels=to_training[data.labels],
+                               class_names=tuple(trained_classes))
 
 
 def materialize(export_path: str, out_dir: str) -> str:

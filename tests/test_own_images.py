@@ -130,3 +130,55 @@ def test_large_inputs_are_streamed_with_crops_from_seed_step_and_example(mixed, 
     np.testing.assert_array_equal(evaluated, test.read(np.arange(4))[0])  # centre crops
     assert list(labels) == [0, 0, 0, 0] and len(test) == 4
     json.dumps([len(train), len(test)])
+
+
+def test_an_export_is_evaluated_only_on_the_classes_it_was_trained_on(image_folder, tmp_path):
+    import shutil
+
+    from bnjax import trained
+    from bnjax.errors import DataError
+    from bnjax.train import train_and_evaluate
+    from conftest import tiny_config_for
+
+    config = tiny_config_for(image_folder, str(tmp_path / "cache"))
+    config.train.epochs, config.train.lr = 7, 0.4  # learns the three colours perfectly
+    metrics = train_and_evaluate(config, str(tmp_path / "run"))
+    assert metrics["test_accuracy"] == 1.0
+    path = str(tmp_path / "model.bnjax")
+    trained.export_workdir(str(tmp_path / "run"), path)
+    assert trained.from_export(path).description["class_names"] == ["cat", "dog", "frog"]
+
+    def folder_with(classes: dict) -> str:  # {new name: original class}
+        root = tmp_path / "_".join(classes)
+        for split in ("train", "test"):
+            for new, old in classes.items():
+                shutil.copytree(os.path.join(image_folder, split, old), root / split / new)
+        return str(root)
+
+    other = folder_with({"kitten": "cat", "puppy": "dog"})
+    with pytest.raises(DataError, match=r"classes \['kitten', 'puppy'\], but .* was trained on "
+                                        r"\['cat', 'dog', 'frog'\] \(kitten, puppy not among"):
+        trained.evaluate_export(path, other)
+    # a subset of the training classes is relabelled: frog is class 2 in training, 1 here
+    subset = trained.evaluate_export(path, folder_with({"cat": "cat", "frog": "frog"}))
+    assert subset["examples"] == 8 and subset["test_accuracy"] == 1.0
+
+
+def test_evaluating_an_export_whose_data_is_elsewhere_asks_for_data_source(tiny_config,
+                                                                         tmp_path):
+    import shutil
+
+    from bnjax import trained
+    from bnjax.errors import DataError
+    from bnjax.train import train_and_evaluate
+
+    moved = str(tmp_path / "images")
+    shutil.copytree(tiny_config.data.source, moved)
+    tiny_config.data.source, tiny_config.train.epochs = moved, 1
+    train_and_evaluate(tiny_config, str(tmp_path / "run"))
+    path = str(tmp_path / "model.bnjax")
+    trained.export_workdir(str(tmp_path / "run"), path)
+    shutil.rmtree(moved)
+    with pytest.raises(DataError, match=r"trained on .*images, which is not on this machine; "
+                                        r"give --data_source=PATH"):
+        trained.evaluate_export(path)
