@@ -121,7 +121,9 @@ FIELD_HELP = {
                            "trains beta)",
     "train.warmup_epochs": "linear warm-up from 0 over this many epochs (ImageNet: 5)",
     "train.steps_per_call": "train steps per compiled call (a lax.scan); >1 saves dispatch "
-                            "for short steps; a scan rounds differently from single steps",
+                            "for short steps; a scan rounds differently from single steps, "
+                            "and log and save steps then end calls early: with >1, "
+                            "log.every_steps and checkpoint.every_* decide the rounding too",
     "eval.batch_size": "evaluation batch",
     "eval.every_epochs": "evaluate every this many epochs (and after the last)",
     "log.every_steps": "a train_log.jsonl line, TensorBoard scalars and a progress line every "

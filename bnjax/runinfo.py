@@ -97,11 +97,22 @@ def _fields(config: dict) -> dict:
             for name, value in flat_fields(config)}
 
 
+# With several steps per compiled call, a log or save step ends a call early and the steps
+# before it run singly, which rounds differently: these then decide the trajectory too.
+CALL_BOUNDARY_FIELDS = ("log.every_steps", "checkpoint.every_steps", "checkpoint.every_epochs")
+
+
+def _decides_results(field: str, old: dict, new: dict) -> bool:
+    if field in CALL_BOUNDARY_FIELDS:
+        return max(old.get("train.steps_per_call") or 1, new.get("train.steps_per_call") or 1) > 1
+    return not field.startswith(VOLATILE_FIELDS)
+
+
 def config_differences(saved: dict, current: dict) -> list[tuple]:
     """[(field, saved value, current value)] over the fields that decide the results."""
     old, new = _fields(saved), _fields(current)
     return [(field, old.get(field), new.get(field)) for field in sorted(set(old) | set(new))
-            if not field.startswith(VOLATILE_FIELDS) and old.get(field) != new.get(field)]
+            if _decides_results(field, old, new) and old.get(field) != new.get(field)]
 
 
 def frozen_init_of(description: dict) -> str:

@@ -303,3 +303,24 @@ def test_resume_under_other_prng_settings_is_refused(finished, tmp_path):
             train_and_evaluate(config, workdir)
     finally:
         jax.config.update("jax_threefry_partitionable", was)
+
+
+def test_log_and_save_intervals_decide_the_trajectory_only_with_several_steps_per_call():
+    from bnjax import runinfo
+    from bnjax.config import base_config
+
+    def differences(per_call, **changes):
+        saved, now = base_config(), base_config()
+        saved.train.steps_per_call = now.train.steps_per_call = per_call
+        for dotted, value in changes.items():
+            group, name = dotted.split("__")
+            now[group][name] = value
+        return [field for field, _, _ in runinfo.config_differences(saved.to_dict(),
+                                                                     now.to_dict())]
+
+    # one step per call: calls never depend on where logs and saves fall
+    assert differences(1, log__every_steps=7, checkpoint__every_steps=5) == []
+    # several: a log or save step cuts a call, whose steps then round differently
+    assert differences(10, log__every_steps=7) == ["log.every_steps"]
+    assert differences(10, checkpoint__every_steps=5) == ["checkpoint.every_steps"]
+    assert differences(10, checkpoint__keep_last=5) == []
