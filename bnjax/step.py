@@ -23,8 +23,17 @@ from bnjax.state import TrainState
 
 def make_mesh(devices=None) -> Mesh:
     """Devices (default: all) on one 'data' axis: batches are split across it, everything else
-    replicated. Under jit, BatchNorm's batch statistics are then over the global batch."""
-    return Mesh(np.array(jax.devices() if devices is None else devices), ("data",))
+    replicated. Under jit, BatchNorm's batch statistics are then over the global batch.
+
+    The devices are ordered by process (stably): each process's rows of a batch
+    (distributed.local_rows) are one contiguous block, which must land on its own devices,
+    and jax.devices() does not promise that order on TPU pod slices."""
+    return Mesh(np.array(by_process(jax.devices() if devices is None else devices)), ("data",))
+
+
+def by_process(devices) -> list:
+    """The devices grouped by process, in process order, each process's in the given order."""
+    return sorted(devices, key=lambda device: device.process_index)
 
 
 def _place(tree, sharding: NamedSharding):

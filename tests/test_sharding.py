@@ -50,3 +50,15 @@ def test_eight_device_step_matches_one_device(mode):
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["devices"] == [1, 8]
     assert report["loss_diff"] < 1e-5 and report["param_diff"] < 1e-5, report
+
+
+def test_the_mesh_keeps_each_process_devices_together():
+    from types import SimpleNamespace
+
+    from bnjax.step import by_process
+
+    # a pod slice may list its devices interleaved across hosts
+    devices = [SimpleNamespace(id=i, process_index=i % 2) for i in range(8)]
+    ordered = by_process(devices)
+    assert [d.process_index for d in ordered] == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert [d.id for d in ordered] == [0, 2, 4, 6, 1, 3, 5, 7]
