@@ -216,3 +216,43 @@ def test_version_names_the_code():
                           text=True, timeout=120)
     assert done.returncode == 0
     assert done.stdout.startswith("bnjax ") and "source sha256 " in done.stdout
+
+
+def test_two_steps_equal_sgd_with_momentum_and_decay_written_out(tiny_config):
+    """PyTorch's SGD: d = g + wd * p; buffer = momentum * buffer + d; p -= lr * buffer."""
+    import jax.numpy as jnp
+    import optax
+
+    from bnjax.data.augment import normalize
+    from bnjax.step import train_step_function
+
+    tiny_config.train.lr, tiny_config.train.momentum = 0.3, 0.9
+    tiny_config.train.weight_decay = 0.01
+    run, state = build_run(tiny_config)
+    setup = run.setup
+    step = jax.jit(train_step_function(setup.model, setup.optimizer, setup.param_labels,
+                                       setup.schedule, augment_on_device=False))
+    batches = [run.train_data.read(np.arange(i * 8, i * 8 + 8)) for i in range(2)]
+
+    def gradient(trainable, images, targets):
+        def loss(p):
+            logits, _ = setup.model.apply(
+                {"params": partition.merge(p, setup.frozen), "batch_stats": state.batch_stats},
+                normalize(jnp.asarray(images)), train=True, mutable=["batch_stats"])
+            return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
+        return jax.grad(loss)(trainable)
+
+    lr, momentum, decay = 0.3, 0.9, 0.01
+    params, buffer = jax.device_get(state.trainable), None
+    for images, targets in batches:
+        grads = gradient(params, images, targets)
+        direction = jax.tree.map(lambda g, p: g + decay * p, grads, params)
+        buffer = direction if buffer is None else jax.tree.map(
+            lambda b, d: momentum * b + d, buffer, direction)
+        params = jax.tree.map(lambda p, b: p - lr * b, params, buffer)
+    key = augment_key(tiny_config.seed)
+    for images, targets in batches:
+        state, _ = step(state, setup.frozen, images, targets, key)
+    for ours, written_out in zip(jax.tree.leaves(jax.device_get(state.trainable)),
+                                 jax.tree.leaves(params)):
+        np.testing.assert_allclose(ours, written_out, rtol=1e-5, atol=1e-6)
