@@ -101,8 +101,7 @@ def evaluate_export(path: str, data_source: str | None = None) -> dict:
                         "same classes)")
     eval_data = data_lib.load_eval_split(
         config.data, parse_name(config.model.name).image_size, config.seed)
-    eval_data = _with_training_labels(eval_data, trained.description.get("class_names"),
-                                      config.data.source, path)
+    eval_data = _with_training_labels(eval_data, trained.description, config.data.source, path)
     mesh = make_mesh()
     state, frozen = replicate((trained.state, trained.setup.frozen), mesh)
     result = evaluate(make_eval_step(trained.setup.model), mesh, state, frozen, eval_data,
@@ -112,11 +111,20 @@ def evaluate_export(path: str, data_source: str | None = None) -> dict:
             "step": trained.description["step"], "examples": len(eval_data)}
 
 
-def _with_training_labels(data, trained_classes, source: str, path: str):
+def _with_training_labels(data, description: dict, source: str, path: str):
     """`data` labelled as the model was trained: the same class names (in the same order), or
-    some of them, relabelled to the training indices. Models exported before class names were
-    recorded are evaluated as they come."""
-    if trained_classes is None or list(data.class_names) == list(trained_classes):
+    some of them, relabelled to the training indices. Files from before class names were
+    recorded (bnjax < 0.3) can only be checked for the number of classes."""
+    trained_classes = description.get("class_names")
+    if trained_classes is None:
+        if data.num_classes != description["num_classes"]:
+            raise DataError(f"{source} has {data.num_classes} classes "
+                            f"({', '.join(map(str, data.class_names[:5]))}...), but {path} was "
+                            f"trained on {description['num_classes']}; evaluate it on data of "
+                            "the classes it was trained on (its file predates recorded class "
+                            "names, so all of them)")
+        return data
+    if list(data.class_names) == list(trained_classes):
         return data
     unknown = [name for name in data.class_names if name not in trained_classes]
     if unknown or not isinstance(data, data_lib.Dataset):

@@ -33,3 +33,22 @@ def test_a_committed_export_evaluates_to_its_recorded_accuracy(path):
     assert result["examples"] == 10_000
     flipped = round(abs(result["test_accuracy"] - recorded["test_accuracy"]) * 10_000)
     assert flipped <= TOLERATED_FLIPS, (result, recorded["test_accuracy"])
+
+
+def test_a_shipped_export_refuses_a_folder_of_other_classes(tmp_path):
+    """The shipped exports predate recorded class names: the number of classes still tells a
+    folder of two classes from CIFAR-10's ten."""
+    import numpy as np
+    from PIL import Image
+
+    from bnjax import trained
+    from bnjax.errors import DataError
+
+    for name in ("kitten", "puppy"):
+        folder = tmp_path / "test" / name
+        folder.mkdir(parents=True)
+        Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(folder / "0.png")
+    export = os.path.join(REPO, "docs", "reproduction", "r14_bn_160.bnjax")
+    with pytest.raises(DataError, match=r"has 2 classes \(kitten, puppy...\), but .* was "
+                                        r"trained on 10"):
+        trained.evaluate_export(export, str(tmp_path))
