@@ -2,9 +2,10 @@
 
 A checkpoint step holds the TrainState (trainable leaves, BatchNorm statistics, optimizer state,
 step) and JSON metadata: the run description of bnjax.runinfo (seed, config, versions, PRNG
-settings, the generator and checksum of the frozen weights) plus the per-epoch history. The position in the data
-stream is the step itself (bnjax.data.batches). Frozen weights are never written: on restore they
-are regenerated from the seed and must match the saved checksum bit for bit.
+settings, the generator and checksum of the frozen weights) plus the per-epoch history. The
+position in the data stream is the step itself (bnjax.data.batches). Frozen weights are never
+written: on restore they are regenerated from the seed and must match the saved checksum bit
+for bit.
 """
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ import dataclasses
 import json
 import sys
 import textwrap
-from typing import Callable
+from collections.abc import Callable
 
 from absl import app, flags, logging
 from ml_collections import config_flags

@@ -184,8 +184,8 @@ def _check_known_fields(config) -> None:
         close = difflib.get_close_matches(name, candidates, n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""
         raise ConfigError(f"config field '{name}' is not a bnjax setting.{hint} "
-                          "`bnjax summary --config=...` runs validation; bnjax.config.base_config() "
-                          "lists every field.")
+                          "`bnjax summary --config=...` runs validation; "
+                          "bnjax.config.base_config() lists every field.")
 
 
 def _require(ok: bool, field: str, value, accepted: str) -> None:
@@ -215,8 +215,8 @@ def validate(config) -> None:
     try:
         registry.parse_name(config.model.name)
     except ValueError as error:
-        raise ConfigError(f"config field 'model.name' = {config.model.name!r} is invalid: {error}") \
-            from None
+        raise ConfigError(f"config field 'model.name' = {config.model.name!r} is invalid: "
+                          f"{error}") from None
     _require(config.model.bn_init in BN_INITS, "model.bn_init", config.model.bn_init,
              f"accepted: {', '.join(BN_INITS)}")
     _require(config.model.dtype in DTYPES, "model.dtype", config.model.dtype,

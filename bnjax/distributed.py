@@ -48,9 +48,9 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     try:
         jax.distributed.initialize(coordinator_address, num_processes, process_id)
     except ValueError as error:  # auto-detection found no cluster
-        raise ConfigError(f"--multi_process: {str(error).rstrip('.')}. Outside a TPU pod slice, Slurm job or MPI "
-                          "launch, name the processes with --coordinator_address, "
-                          "--num_processes and --process_id") from None
+        raise ConfigError(f"--multi_process: {str(error).rstrip('.')}. Outside a TPU pod "
+                          "slice, Slurm job or MPI launch, name the processes with "
+                          "--coordinator_address, --num_processes and --process_id") from None
     return True
 
 

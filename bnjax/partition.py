@@ -2,9 +2,10 @@
 
 Every parameter has a role read off its path in the Flax tree (gamma, beta, conv, conv_bias,
 shortcut, output); gamma and beta are the normalisation layer's affine parameters, whatever
-its kind (bnjax.models.norms). A mode is a set of roles; the label tree marks each leaf 'trainable' or 'frozen' and is
-what optax.multi_transform partitions the optimizer by. Every leaf must match exactly one role
-rule, so a new layer type cannot silently end up trainable or frozen.
+its kind (bnjax.models.norms). A mode is a set of roles; the label tree marks each leaf
+'trainable' or 'frozen' and is what optax.multi_transform partitions the optimizer by. Every
+leaf must match exactly one role rule, so a new layer type cannot silently end up trainable or
+frozen.
 """
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
 """Model init from one seed, the trainable/frozen split, the optimizer, and the train state.
 
 The frozen weights are a pure function of (seed, model config) drawn by bnjax.initial_weights:
-they are rebuilt from the seed and never stored. `TrainState` holds only what training changes: the trainable
-leaves, the BatchNorm running statistics, the optimizer state (which exists for trainable leaves
-only) and the step.
+they are rebuilt from the seed and never stored. `TrainState` holds only what training
+changes: the trainable leaves, the BatchNorm running statistics, the optimizer state (which
+exists for trainable leaves only) and the step.
 """
 from __future__ import annotations
 

@@ -54,6 +54,7 @@ def set_aside(workdir: str) -> str | None:
     if not os.path.isdir(workdir) or not os.listdir(workdir):
         return None
     with locked(workdir):
-        target = f"{workdir.rstrip(os.sep)}.replaced-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+        stamp = time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())
+        target = f"{workdir.rstrip(os.sep)}.replaced-{stamp}"
         os.rename(workdir, target)
     return target

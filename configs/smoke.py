@@ -1,4 +1,5 @@
-"""A tiny, fast run for trying bnjax out: ResNet-8 (width 4), 2 epochs. Point data.source at data."""
+"""A tiny, fast run for trying bnjax out: ResNet-8 (width 4), 2 epochs; point data.source at
+data."""
 from bnjax.config import base_config
 
 

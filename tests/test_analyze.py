@@ -26,7 +26,8 @@ def test_zeroing_takes_the_smallest_gammas_network_wide():
     ablated = analyze.zero_smallest_gammas(params, 0.4)  # 2 of 5
     np.testing.assert_array_equal(ablated["bn"]["scale"], [0.5, 0.0, 0.9])
     np.testing.assert_array_equal(ablated["stage1_block0"]["bn1"]["scale"], [0.0, 2.0])
-    np.testing.assert_array_equal(ablated["stage1_block0"]["conv1"]["kernel"], np.ones((1, 1, 1, 2)))
+    np.testing.assert_array_equal(ablated["stage1_block0"]["conv1"]["kernel"],
+                                  np.ones((1, 1, 1, 2)))
 
 
 @pytest.fixture(scope="module")

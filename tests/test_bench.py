@@ -62,7 +62,8 @@ def test_xla_cpu_defaults_are_added_and_user_flags_win():
     assert "--xla_force_host_platform_device_count=8" in flags
     assert "--xla_cpu_enable_concurrency_optimized_scheduler=true" in flags
     assert "concurrency_optimized_scheduler=false" not in flags
-    ynn = "--xla_cpu_experimental_ynn_fusion_type=" + CPU_DEFAULTS["xla_cpu_experimental_ynn_fusion_type"]
+    ynn = ("--xla_cpu_experimental_ynn_fusion_type="
+           + CPU_DEFAULTS["xla_cpu_experimental_ynn_fusion_type"])
     assert flags.count(ynn) == 1 and with_defaults(flags) == flags
 
 

@@ -174,7 +174,8 @@ def test_corrupt_images_can_be_skipped_and_are_counted(tmp_path, caplog):
     assert "skipped 1 unreadable image(s)" in caplog.text
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=30, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(file_index=st.integers(0, 5), offset=st.integers(0, 400), value=st.integers(0, 255),
        truncate=st.booleans())
 def test_byte_damage_to_an_image_folder_gives_data_or_a_clear_error(tmp_path_factory, file_index,
@@ -326,7 +327,8 @@ def export_bytes(image_folder, tmp_path_factory):
     return open(path, "rb").read()
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(edits=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), max_size=4),
        cut=st.one_of(st.none(), st.integers(0, 10**6)))
 def test_byte_damage_to_an_export_is_detected(export_bytes, tmp_path_factory, edits, cut):

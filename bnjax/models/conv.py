@@ -17,7 +17,8 @@ removes (tests/test_train.py counts what remains).
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp

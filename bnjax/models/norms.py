@@ -14,7 +14,8 @@ modules keep BatchNorm's names (bn, bn1, shortcut_bn) in every network.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import jax.numpy as jnp
 from flax import linen as nn
