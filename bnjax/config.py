@@ -82,7 +82,8 @@ def base_config() -> ml_collections.ConfigDict:
 FIELD_HELP = {
     "seed": "the frozen weights, the BN init, the data order and the augmentation all follow it",
     "model.name": "open_lth names: cifar_resnet_D (D = 6n+2), cifar_resnet_D_W (first-stage "
-                  "width W), imagenet_resnet_D (18, 34, 50, 101, 152, 200)",
+                  "width W), cifar_vgg_D (11, 13, 16, 19), imagenet_resnet_D (18, 34, 50, "
+                  "101, 152, 200)",
     "model.bn_init": "gamma and beta at init: uniform (gamma ~ U[0,1), beta 0), fixed (1, 0), "
                      "oneone (1, 1), positivenegative (U[-1,1), 0)",
     "model.norm": "the normalisation layers: batchnorm, affine (scale and shift only, no "

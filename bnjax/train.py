@@ -395,7 +395,7 @@ def _train_loop(lanes: list[Lane], states: list, saved: list, stop_at_step):
                  config.model.name, config.train.mode, run.setup.trainable_params,
                  run.setup.total_params, start_step, schedule.total_steps, config.train.epochs,
                  schedule.steps_per_epoch, "" if single else f"; {len(lanes)} replicas")
-    if chief:
+    if chief and start_step == 0:  # once per workdir, not on every resume
         logging.info("parameters:\n%s", summary.parameter_table(
             partition.merge(states[0].trainable, run.setup.frozen), run.setup.param_labels))
     mesh = make_mesh()
