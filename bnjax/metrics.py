@@ -59,6 +59,9 @@ def _keep_lines_up_to(path: str, last_step: int) -> None:
     os.replace(f"{path}.tmp", path)
 
 
+LAST_STEP_METRICS = ("lr",)
+
+
 class Window:
     """The per-step train metrics of the open log window, of one run or of each replica of a
     group (bnjax.replicas).
@@ -98,9 +101,10 @@ class Window:
         return {name: np.ascontiguousarray(steps[:, replica]) for name, steps in values.items()}
 
     def means(self) -> list[dict]:
-        """Each replica's {name: mean over the window's steps}."""
+        """Each replica's {name: mean over the window's steps}; the lr is its value at the
+        window's last step (a mean over an lr drop would be an lr that never ran)."""
         values = self.values()
-        return [{name: float(np.mean(column))
+        return [{name: float(column[-1] if name in LAST_STEP_METRICS else np.mean(column))
                  for name, column in self._columns(values, replica).items()}
                 for replica in range(self.replicas)]
 

@@ -256,3 +256,13 @@ def test_two_steps_equal_sgd_with_momentum_and_decay_written_out(tiny_config):
     for ours, written_out in zip(jax.tree.leaves(jax.device_get(state.trainable)),
                                  jax.tree.leaves(params)):
         np.testing.assert_allclose(ours, written_out, rtol=1e-5, atol=1e-6)
+
+
+def test_a_log_window_across_an_lr_drop_logs_the_lr_of_its_last_step(tiny_config, tmp_path):
+    tiny_config.log.every_steps, tiny_config.train.lr_milestones = 50, (0.5,)  # drop at step 1
+    workdir = str(tmp_path / "run")
+    train_and_evaluate(tiny_config, workdir)
+    lines = [json.loads(line) for line in open(os.path.join(workdir, "train_log.jsonl"))]
+    assert [line["step"] for line in lines] == [3, 6]  # windows close at epoch ends
+    # the first window ran lr 0.1 once and 0.01 twice: its line says 0.01, not their mean
+    assert lines[0]["lr"] == pytest.approx(0.01) and lines[1]["lr"] == pytest.approx(0.01)
