@@ -135,10 +135,14 @@ def check_same_weights(saved: dict, current: dict, where: str) -> None:
                 f"checksum saved in {where} (saved {saved['frozen_checksum'][:12]}..., now "
                 f"{current['frozen_checksum'][:12]}...).")
     if generator != initial_weights.LEGACY:
+        code = saved.get("code") or {}
+        made_by = (f"the bnjax code that made it (commit {code['git_commit'][:12]}, version "
+                   f"{code['bnjax_version']})" if code.get("git_commit") else
+                   f"a bnjax whose generator is {generator} (bnjax 0.2.0 or later; files from "
+                   "before 0.3.0 may name an older version than the code that made them)")
         raise CheckpointError(f"{mismatch} Their generator ({generator}) gives the same bits on "
                               "every machine, so the file was altered or this bnjax draws "
-                              "differently: install the bnjax version named in it "
-                              f"({saved['versions'].get('bnjax')}). Refusing different weights.")
+                              f"differently: install {made_by}. Refusing different weights.")
     versions = "; ".join(f"{lib} {saved['versions'].get(lib)} -> {v}"
                          for lib, v in current["versions"].items()
                          if saved["versions"].get(lib) != v)
