@@ -31,6 +31,8 @@ done
 point adam "sweep --grid=train.optimizer=adam;train.lr=0.001,0.01,0.03 --replicas=3"
 point beta_lr_scale "sweep --grid=train.beta_lr_scale=10,64 --config.train.lr=1 --replicas=2"
 point sgd_lr1_wd0.0005 "train --config.train.lr=1 --config.train.weight_decay=0.0005"
+# added after the first Adam group: its best lr, 0.03, was the grid's edge
+point adam_high "sweep --grid=train.optimizer=adam;train.lr=0.1,0.3 --replicas=2"
 
 if [[ "${1:-}" == "--list" ]]; then
   for name in "${ORDER[@]}"; do echo "$name: bnjax ${FLAGS[$name]} ${COMMON[*]}"; done

@@ -80,7 +80,7 @@ def test_hyperparameter_screen_lists_its_points_and_refuses_unknown_ones():
     listed = launch("hyperparameter_screen.sh", "--list")
     assert listed.returncode == 0, listed.stderr
     lines = listed.stdout.splitlines()
-    assert len(lines) == 19
+    assert len(lines) == 20
     assert lines[0].startswith("sgd_lr0.1_wd0.0001: bnjax train --config.train.lr=0.1 "
                                "--config.train.weight_decay=0.0001 "
                                "--config=configs/cifar10.py:cifar_resnet_14")
