@@ -14,7 +14,6 @@ import os
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
-from bnjax import config as config_lib
 from bnjax import runinfo
 from bnjax.errors import CheckpointError, DamagedCheckpointError
 
@@ -84,8 +83,7 @@ def check_same_run(saved: dict, current: dict, where: str, branch: bool = False)
     branch=True accepts config changes (returned as [(field, saved, now)]) but never other
     frozen weights.
     """
-    saved_config = config_lib.from_dict(saved["config"]).to_dict()  # older runs lack new fields
-    differences = runinfo.config_differences(saved_config, current["config"])
+    differences = runinfo.differences_from_saved(saved["config"], current["config"])
     if differences and not branch:
         listed = "; ".join(f"{field}: saved {old!r}, now {new!r}"
                            for field, old, new in differences[:6])

@@ -10,7 +10,7 @@ import subprocess
 import jax
 
 from bnjax import initial_weights
-from bnjax.config import flat_fields
+from bnjax.config import flat_fields, from_dict
 from bnjax.errors import CheckpointError
 
 # every library that decides a number: numpy the data order, Pillow (and its libjpeg) the
@@ -106,6 +106,17 @@ def _decides_results(field: str, old: dict, new: dict) -> bool:
     if field in CALL_BOUNDARY_FIELDS:
         return max(old.get("train.steps_per_call") or 1, new.get("train.steps_per_call") or 1) > 1
     return not field.startswith(VOLATILE_FIELDS)
+
+
+def saved_config(saved_config_dict: dict) -> dict:
+    """A config saved by (possibly an older) bnjax, as a dict with today's fields (those it
+    lacks take their defaults, which is what that version ran)."""
+    return from_dict(saved_config_dict).to_dict()
+
+
+def differences_from_saved(saved_config_dict: dict, current: dict) -> list[tuple]:
+    """config_differences between a saved config (run.json, a checkpoint) and `current`."""
+    return config_differences(saved_config(saved_config_dict), current)
 
 
 def config_differences(saved: dict, current: dict) -> list[tuple]:

@@ -124,8 +124,8 @@ def _refuse_other_configs(root: str, runs) -> None:
         if not os.path.exists(run_json):
             continue
         with open(run_json) as f:
-            saved = config_lib.from_dict(json.load(f)["config"]).to_dict()
-        differences = runinfo.config_differences(saved, point.to_dict())
+            differences = runinfo.differences_from_saved(json.load(f)["config"],
+                                                         point.to_dict())
         if differences:
             field, old, new = differences[0]
             clashes.append(f"{name} ({field}: {old!r} there, {new!r} here)")
@@ -209,9 +209,12 @@ COLUMNS = ("run", "model", "mode", "seed", "epochs", "trainable_params", "total_
 _SHOWN_FIELDS = ("model.name", "train.mode", "seed", "train.epochs")
 
 
-def collect(root: str) -> list[dict]:
+def collect(root: str, fields: tuple = ()) -> list[dict]:
     """A row per finished run under `root`: COLUMNS, then every config field whose value
-    differs between the runs (e.g. model.norm), from each run's run.json."""
+    differs between the runs (e.g. model.norm) and the given `fields`, from each run's
+    run.json (read with today's fields: a field newer than a run has its default there)."""
+    from bnjax.runinfo import saved_config
+
     rows, configs = [], []
     for name in sorted(os.listdir(root)):
         path = os.path.join(root, name, "metrics.json")
@@ -219,14 +222,16 @@ def collect(root: str) -> list[dict]:
             with open(path) as f:
                 metrics = json.load(f)
             with open(os.path.join(root, name, "run.json")) as f:
-                configs.append(dict(config_lib.flat_fields(json.load(f)["config"])))
+                saved = saved_config(json.load(f)["config"])
+            configs.append(dict(config_lib.flat_fields(saved)))
             rows.append({"run": name, **{c: metrics.get(c) for c in COLUMNS[1:]},
                          "status": metrics.get("status", "finished")})
-    fields = sorted({f for config in configs for f in config} - set(_SHOWN_FIELDS))
-    varied = [f for f in fields  # values may be lists: compared by their JSON
+    candidates = sorted({f for config in configs for f in config} - set(_SHOWN_FIELDS))
+    varied = [f for f in candidates  # values may be lists: compared by their JSON
               if len({json.dumps(config.get(f)) for config in configs}) > 1]
+    shown = varied + [f for f in fields if f not in varied]
     for row, config in zip(rows, configs):
-        row.update({f: config.get(f) for f in varied})
+        row.update({f: config.get(f) for f in shown})
     return rows
 
 

@@ -13,25 +13,13 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import shutil
 
 from bnjax import sweep
-from bnjax.config import flat_fields, from_dict
 
 FIELDS = ("train.mode", "train.optimizer", "train.lr", "train.weight_decay",
           "train.gamma_lr_scale", "train.beta_lr_scale")
-
-
-def _rows(root: str) -> list[dict]:
-    rows = []
-    for row in sweep.collect(root):
-        with open(os.path.join(root, row["run"], "run.json")) as f:
-            # from_dict: runs of older versions lack the newer fields
-            config = dict(flat_fields(from_dict(json.load(f)["config"]).to_dict()))
-        rows.append({**row, **{field: config.get(field) for field in FIELDS}})
-    return rows
 
 
 def _accuracy(row: dict) -> str:
@@ -105,7 +93,7 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="where the tables and figure go")
     args = parser.parse_args()
     root = os.path.expanduser(args.runs)
-    rows = _rows(root)
+    rows = sweep.collect(root, FIELDS)
     if not rows:
         raise SystemExit(f"{root} holds no finished runs (no */metrics.json)")
     os.makedirs(args.out, exist_ok=True)
