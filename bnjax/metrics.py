@@ -108,10 +108,12 @@ class Window:
                  for name, column in self._columns(values, replica).items()}
                 for replica in range(self.replicas)]
 
-    def carry(self, replica: int = 0) -> dict:
-        """One replica's values as JSON lists (float32 values are exact as JSON numbers)."""
-        return {name: [float(v) for v in column]
-                for name, column in self._columns(self.values(), replica).items()}
+    def carries(self) -> list[dict]:
+        """Each replica's values as JSON lists (float32 values are exact as JSON numbers)."""
+        values = self.values()
+        return [{name: [float(v) for v in column]
+                 for name, column in self._columns(values, replica).items()}
+                for replica in range(self.replicas)]
 
 
 class Throughput:

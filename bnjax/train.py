@@ -160,28 +160,29 @@ class Lane:
     ended: dict | None = None
 
 
-def _final_metrics(run: Run, history: list, speed: float | None, wall_time: float,
-                   replicas: int) -> dict:
-    config, final = run.config, history[-1]
-    return {"status": "finished",
-            "test_accuracy": final["test_accuracy"], "test_loss": final["test_loss"],
-            "train_loss": final["train_loss"], "train_accuracy": final["train_accuracy"],
-            "epochs": config.train.epochs, "steps": run.schedule.total_steps,
+def _run_fields(run: Run, history: list) -> dict:
+    """What metrics.json says of a run however it ended."""
+    config = run.config
+    return {"epochs": config.train.epochs, "steps": run.schedule.total_steps,
             "trainable_params": run.setup.trainable_params, "total_params": run.setup.total_params,
             "model": config.model.name, "mode": config.train.mode, "seed": config.seed,
-            "train_images_per_s": speed, "wall_time_s": wall_time, "replicas": replicas,
             "history": history, "frozen_checksum": run.setup.frozen_checksum}
 
 
+def _final_metrics(run: Run, history: list, speed: float | None, wall_time: float,
+                   replicas: int) -> dict:
+    final = history[-1]
+    return {"status": "finished",
+            "test_accuracy": final["test_accuracy"], "test_loss": final["test_loss"],
+            "train_loss": final["train_loss"], "train_accuracy": final["train_accuracy"],
+            "train_images_per_s": speed, "wall_time_s": wall_time, "replicas": replicas,
+            **_run_fields(run, history)}
+
+
 def _diverged_metrics(run: Run, history: list, step: int, reason: str) -> dict:
-    config = run.config
     return {"status": "diverged", "diverged_at_step": step, "reason": reason,
             "test_accuracy": None, "test_loss": None, "train_loss": None,
-            "train_accuracy": None, "epochs": config.train.epochs,
-            "steps": run.schedule.total_steps, "trainable_params": run.setup.trainable_params,
-            "total_params": run.setup.total_params, "model": config.model.name,
-            "mode": config.train.mode, "seed": config.seed, "history": history,
-            "frozen_checksum": run.setup.frozen_checksum}
+            "train_accuracy": None, **_run_fields(run, history)}
 
 
 def train_and_evaluate(config, workdir: str, stop_at_step: int | None = None,
@@ -291,8 +292,7 @@ def _finished_metrics(workdir: str, description: dict) -> dict | None:
         saved = json.load(f)
     with open(paths[1]) as f:
         metrics = json.load(f)
-    same_config = not runinfo.config_differences(
-        config_lib.from_dict(saved["config"]).to_dict(), description["config"])
+    same_config = not runinfo.differences_from_saved(saved["config"], description["config"])
     return metrics if same_config else None
 
 
@@ -463,11 +463,12 @@ def _train_loop(lanes: list[Lane], states: list, saved: list, stop_at_step):
             if due.save or stopping:
                 with clock.paused():
                     timing = {"wall_s": time.time() - started, **clock.carry()}
+                    open_windows = window.carries()  # one host sync for every lane
                     for index, lane in enumerate(lanes):
                         if lane.ended:
                             continue
                         meta = {**lane.description, "step": done, "history": lane.history,
-                                "open_window": window.carry(index), "timing": timing}
+                                "open_window": open_windows[index], "timing": timing}
                         _save(lane.manager, done, engine.replica_state(state, index), meta,
                               {"test_accuracy": results[index]["accuracy"]}
                               if results[index] else None)
