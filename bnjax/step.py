@@ -124,13 +124,17 @@ def compile_steps(train_step, steps_per_call: int = 1):
         return jax.jit(train_step, donate_argnums=(0,))
 
     # XLA:CPU runs the convolutions of a while-loop body several times slower than the same
-    # convolutions at top level (docs/PERFORMANCE.md), so on CPU the scan is unrolled: still
-    # one call, but compiled steps_per_call times larger.
-    unroll = steps_per_call if jax.default_backend() == "cpu" else 1
+    # convolutions at top level, so the CPU lowering unrolls the scan: still one call, but
+    # compiled steps_per_call times larger. Other platforms keep the loop.
+    def scan_steps(unroll):
+        def run(state, frozen, images, targets, *rest):
+            return jax.lax.scan(lambda carry, batch: train_step(carry, frozen, *batch, *rest),
+                                state, (images, targets), unroll=unroll)
+        return run
 
-    def train_steps(state, frozen, images, targets, *rest):
-        return jax.lax.scan(lambda carry, batch: train_step(carry, frozen, *batch, *rest),
-                            state, (images, targets), unroll=unroll)
+    def train_steps(*args):
+        return jax.lax.platform_dependent(*args, cpu=scan_steps(steps_per_call),
+                                          default=scan_steps(1))
 
     return jax.jit(train_steps, donate_argnums=(0,))
 

@@ -30,7 +30,7 @@ def jax_rows():
     xla_flags.apply_defaults()  # bnjax's XLA:CPU settings, before JAX starts a backend
     import jax
     import numpy as np
-    from bnjax.models.conv import conv, uses_matmul_weight_grad, weight_grad_by_matmuls
+    from bnjax.models.conv import conv, matmul_weight_grad_on_cpu, weight_grad_by_matmuls
     padding, strides = ((1, 1), (1, 1)), (1, 1)
     for size, channels in SHAPES:
         rng = np.random.default_rng(0)
@@ -44,7 +44,7 @@ def jax_rows():
             lambda k: conv(x, k, strides, padding), kernel)(dy)[0])
         tap_weight_grad = jax.jit(lambda x, dy: weight_grad_by_matmuls(
             x, dy, kernel.shape, strides, padding))
-        used = "taps" if uses_matmul_weight_grad(x.shape) else "lax"
+        used = "taps" if matmul_weight_grad_on_cpu(x.shape) else "lax"
         yield (size, channels, timed(lambda: forward(x, kernel).block_until_ready()),
                timed(lambda: input_grad(dy, kernel).block_until_ready()),
                f"lax {timed(lambda: lax_weight_grad(x, dy).block_until_ready())}, "

@@ -104,13 +104,13 @@ def test_forward_gives_float32_logits_per_class():
 def test_conv_layer_equals_flax_conv_values_and_gradients(kernel, stride, padding):
     from flax import linen as nn
 
-    from bnjax.models.conv import Conv, uses_matmul_weight_grad
+    from bnjax.models.conv import Conv, matmul_weight_grad_on_cpu
     x = jax.random.normal(jax.random.key(1), (4, 16, 16, 5))
     ours = Conv(6, (kernel, kernel), (stride, stride), padding=padding)
     flax_conv = nn.Conv(6, (kernel, kernel), (stride, stride), padding=padding, use_bias=False)
     params = ours.init(jax.random.key(0), x)
     chex.assert_trees_all_equal(params, flax_conv.init(jax.random.key(0), x))
-    assert uses_matmul_weight_grad(x.shape)  # 16x16 on the CPU: the custom weight gradient
+    assert matmul_weight_grad_on_cpu(x.shape)  # 16x16 on the CPU: the custom weight gradient
 
     def loss(module):
         return lambda p, x: jnp.sum(jnp.sin(module.apply(p, x)))
@@ -128,11 +128,11 @@ def test_conv_layer_equals_flax_conv_values_and_gradients(kernel, stride, paddin
                                                         (3, 5, 1, ((2, 1), (1, 2)))])
 def test_inputs_smaller_than_the_kernel_convolve_by_matmul_as_lax_does(size, kernel, stride,
                                                                         padding):
-    from bnjax.models.conv import Conv, conv, uses_matmul_conv
+    from bnjax.models.conv import Conv, conv, matmul_conv_on_cpu
     x = jax.random.normal(jax.random.key(1), (4, size, size, 5))
     layer = Conv(6, (kernel, kernel), (stride, stride), padding=padding)
     params = layer.init(jax.random.key(0), x)
-    assert uses_matmul_conv(x.shape, (kernel, kernel))
+    assert matmul_conv_on_cpu(x.shape, (kernel, kernel))
 
     def ours(p, x):
         return jnp.sum(jnp.sin(layer.apply(p, x)))
@@ -163,20 +163,21 @@ def test_bfloat16_matmul_weight_gradient_accumulates_in_float32():
     assert np.max(np.abs(np.asarray(ours) - exact)) < 1e-5 * np.max(np.abs(exact))
 
 
-def test_conv_weight_gradient_choice_per_backend_and_size():
-    from bnjax.models.conv import uses_matmul_weight_grad
-    assert uses_matmul_weight_grad((128, 32, 32, 16), "cpu")
-    assert not uses_matmul_weight_grad((128, 8, 8, 64), "cpu")  # lax's gradient is faster there
-    assert not uses_matmul_weight_grad((128, 32, 32, 16), "gpu")
-    assert not uses_matmul_weight_grad((128, 32, 32, 16), "tpu")
+def test_conv_weight_gradient_choice_by_size():
+    """Which shapes take the CPU paths; tests/test_lowering.py checks that only the CPU's
+    lowering takes them."""
+    from bnjax.models.conv import matmul_weight_grad_on_cpu
+    assert matmul_weight_grad_on_cpu((128, 32, 32, 16))
+    assert matmul_weight_grad_on_cpu((128, 16, 16, 32))
+    assert not matmul_weight_grad_on_cpu((128, 8, 8, 64))  # lax's gradient is faster there
 
 
-def test_conv_forward_choice_per_backend_and_size():
-    from bnjax.models.conv import uses_matmul_conv
-    assert uses_matmul_conv((128, 2, 2, 512), (3, 3), "cpu")  # lax: ~90x slower there
-    assert not uses_matmul_conv((128, 3, 3, 512), (3, 3), "cpu")
-    assert not uses_matmul_conv((128, 2, 2, 512), (1, 1), "cpu")
-    assert not uses_matmul_conv((128, 2, 2, 512), (3, 3), "gpu")
+def test_conv_forward_choice_by_size():
+    from bnjax.models.conv import matmul_conv_on_cpu
+    assert matmul_conv_on_cpu((128, 2, 2, 512), (3, 3))
+    assert matmul_conv_on_cpu((128, 3, 2, 512), (3, 3))
+    assert not matmul_conv_on_cpu((128, 3, 3, 512), (3, 3))
+    assert not matmul_conv_on_cpu((128, 2, 2, 512), (1, 1))
 
 
 @pytest.mark.parametrize("with_residual, relu", [(False, False), (False, True), (True, True)])

@@ -11,6 +11,9 @@ path, about 90 times slower than the same work as one matrix product; there the 
 convolution is that product, of the taps side by side (im2col) with the kernel, and autodiff
 gives its gradients. Other sizes and other backends use lax's convolution and gradient, which
 were as fast or faster there. Results equal lax's to float rounding (tests/test_models.py).
+The choice is made per platform when the traced program is lowered (lax.platform_dependent),
+not from the host's backend while Python traces: a program exported or compiled for a GPU or
+TPU from a CPU host holds none of the CPU paths (tests/test_lowering.py).
 Frozen kernels get no weight gradient either way: the unused product is dead code that XLA
 removes (tests/test_train.py counts what remains).
 """
@@ -89,15 +92,30 @@ def _backward(strides, padding, residuals, dy):
 conv_matmul_weight_grad.defvjp(_forward, _backward)
 
 
-def uses_matmul_conv(input_shape, kernel_shape, backend: str | None = None) -> bool:
-    backend = backend or jax.default_backend()
-    return backend == "cpu" and (input_shape[1] < kernel_shape[0]
-                                 or input_shape[2] < kernel_shape[1])
+def matmul_conv_on_cpu(input_shape, kernel_shape) -> bool:
+    """Whether XLA:CPU should compute this convolution as one matrix product (conv_by_matmul):
+    the input is smaller than the kernel."""
+    return input_shape[1] < kernel_shape[0] or input_shape[2] < kernel_shape[1]
 
 
-def uses_matmul_weight_grad(input_shape, backend: str | None = None) -> bool:
-    backend = backend or jax.default_backend()
-    return backend == "cpu" and input_shape[1] * input_shape[2] >= MIN_SPATIAL_FOR_MATMUL_GRAD
+def matmul_weight_grad_on_cpu(input_shape) -> bool:
+    """Whether XLA:CPU should compute this convolution's weight gradient by matrix products
+    (conv_matmul_weight_grad): the input is large enough for them to win."""
+    return input_shape[1] * input_shape[2] >= MIN_SPATIAL_FOR_MATMUL_GRAD
+
+
+def platform_conv(x, kernel, strides, padding):
+    """conv(x, kernel), by the CPU path its shapes call for when lowered for the CPU and by
+    lax's convolution on every other platform."""
+    if matmul_conv_on_cpu(x.shape, kernel.shape):
+        cpu_path = conv_by_matmul
+    elif matmul_weight_grad_on_cpu(x.shape):
+        cpu_path = conv_matmul_weight_grad
+    else:
+        return conv(x, kernel, strides, padding)
+    return lax.platform_dependent(x, kernel,
+                                  cpu=lambda x, k: cpu_path(x, k, strides, padding),
+                                  default=lambda x, k: conv(x, k, strides, padding))
 
 
 def _explicit_padding(padding) -> tuple:
@@ -126,12 +144,7 @@ class Conv(nn.Module):
         kernel = self.param("kernel", self.kernel_init, kernel_shape, jnp.float32)
         x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
         strides, padding = tuple(self.strides), _explicit_padding(self.padding)
-        if uses_matmul_conv(x.shape, kernel_shape):
-            y = conv_by_matmul(x, kernel, strides, padding)
-        elif uses_matmul_weight_grad(x.shape):
-            y = conv_matmul_weight_grad(x, kernel, strides, padding)
-        else:
-            y = conv(x, kernel, strides, padding)
+        y = platform_conv(x, kernel, strides, padding)
         if self.use_bias:
             bias = self.param("bias", TorchBias(fan_in(kernel_shape)), (self.features,),
                               jnp.float32)
