@@ -11,7 +11,6 @@ Several runs (e.g. a `bn` and an `all` run) give a side-by-side report.
 """
 from __future__ import annotations
 
-import csv
 import json
 import os
 import re
@@ -21,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bnjax import data as data_lib
-from bnjax import partition
+from bnjax import figures, partition, tables
 from bnjax.data.augment import normalize
 from bnjax.data.batches import eval_batches
 from bnjax.models import parse_name
@@ -137,6 +136,14 @@ def analyze(trained, data_source: str | None = None) -> dict:
             "_gammas": {k: v.tolist() for k, v in gamma_by_layer.items()}}
 
 
+def _by_stage(gamma_by_layer: dict) -> dict:
+    """{stage: every gamma of its layers}."""
+    stages: dict = {}
+    for path, values in gamma_by_layer.items():
+        stages.setdefault(_stage(path), []).append(np.asarray(values))
+    return {stage: np.concatenate(values) for stage, values in stages.items()}
+
+
 def _other_norm(result: dict) -> str | None:
     """The run's normalisation when it is not BatchNorm (labels name only those)."""
     return None if result["norm"] == "batchnorm" else result["norm"]
@@ -147,80 +154,9 @@ def _label(result: dict) -> str:
     return f"{result['model']}{norm} {result['mode']}"
 
 
-def plot_histograms(results: list[dict], path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    stages = sorted({_stage(p) for r in results for p in r["_gammas"]},
-                    key=lambda stage: (stage != "stem", stage))
-    panels = ["overall"] + stages
-    figure, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.5), squeeze=False)
-    for axis, panel in zip(axes[0], panels):
-        for result in results:
-            values = np.concatenate([np.asarray(v) for p, v in result["_gammas"].items()
-                                     if panel == "overall" or _stage(p) == panel])
-            axis.hist(values, bins=60, alpha=0.55, label=_label(result))
-        axis.set_title(f"gamma, {panel}")
-        axis.set_xlabel("gamma")
-        axis.legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-
-
-def plot_ablation(results: list[dict], path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(5, 3.8))
-    for result in results:
-        points = [(100 * a["fraction_zeroed"], 100 * a["test_accuracy"])
-                  for a in result["ablation"]]
-        axis.plot(*zip(*points), marker="o", label=_label(result))
-    axis.set_xlabel("gammas set to zero, smallest |gamma| first (%)")
-    axis.set_ylabel("test accuracy (%)")
-    axis.grid(alpha=0.3)
-    axis.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-
-
 def report(results: list[dict]) -> str:
     """A Markdown table with one column per analysed run."""
-    header = "| | " + " | ".join(_label(r) for r in results) + " |"
-    rows = [header, "|---" * (len(results) + 1) + "|"]
-
-    def row(name, values):
-        rows.append(f"| {name} | " + " | ".join(values) + " |")
-
-    row("gammas", [f"{r['gamma']['count']:,}" for r in results])
-    row("abs(gamma) < 0.01", [f"{100 * r['gamma']['fraction_abs_below_0.01']:.1f}%"
-                              for r in results])
-    row("gamma < 0", [f"{100 * r['gamma']['fraction_negative']:.1f}%" for r in results])
-    row("disabled channels (ReLU-fed BNs)", [
-        f"{r['disabled']['disabled']}/{r['disabled']['channels']} "
-        f"({100 * r['disabled']['fraction_disabled']:.1f}%)" for r in results])
-    for index, fraction in enumerate(ABLATION_FRACTIONS):
-        row(f"accuracy, {100 * fraction:.0f}% smallest gammas zeroed",
-            [f"{100 * r['ablation'][index]['test_accuracy']:.2f}%" for r in results])
-    return "\n".join(rows) + "\n\nDisabled channel: " + results[0]["disabled"]["definition"] \
-        + ".\n"
-
-
-def write_ablation_csv(results: list[dict], path: str) -> None:
-    """A line per run and fraction of gammas zeroed; `norm` tells runs of one model apart."""
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["model", "norm", "mode", "seed", "fraction_zeroed", "test_accuracy"])
-        for r in results:
-            for a in r["ablation"]:
-                writer.writerow([r["model"], r.get("norm", "batchnorm"), r["mode"], r["seed"],
-                                 a["fraction_zeroed"], a["test_accuracy"]])
+    return tables.analysis_report(results, [_label(r) for r in results])
 
 
 def write_outputs(results: list[dict], out_dir: str) -> list[str]:
@@ -233,10 +169,12 @@ def write_outputs(results: list[dict], out_dir: str) -> list[str]:
         with open(path, "w") as f:
             json.dump({k: v for k, v in result.items() if not k.startswith("_")}, f, indent=2)
         written.append(path)
-    write_ablation_csv(results, os.path.join(out_dir, "ablation.csv"))
+    tables.write_ablation_csv(results, os.path.join(out_dir, "ablation.csv"))
     with open(os.path.join(out_dir, "report.md"), "w") as f:
         f.write(report(results))
-    plot_histograms(results, os.path.join(out_dir, "gamma_histograms.png"))
-    plot_ablation(results, os.path.join(out_dir, "ablation.png"))
+    figures.gamma_histograms([(_label(r), _by_stage(r["_gammas"])) for r in results],
+                             os.path.join(out_dir, "gamma_histograms.png"))
+    figures.ablation_curves([(_label(r), r["ablation"]) for r in results],
+                            os.path.join(out_dir, "ablation.png"))
     return written + [os.path.join(out_dir, n) for n in
                       ("ablation.csv", "report.md", "gamma_histograms.png", "ablation.png")]

@@ -13,6 +13,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging as pylogging
+import os
 import sys
 import textwrap
 from collections.abc import Callable
@@ -316,12 +318,22 @@ def parse_flags(argv):
         _fail(f"unknown config field in {' '.join(overrides)}. {hint}")
 
 
+class _OnlyOwnInfo(pylogging.Filter):
+    """Keep INFO lines from bnjax; libraries (orbax, jax) log one per file operation."""
+
+    def filter(self, record: pylogging.LogRecord) -> bool:
+        return record.levelno >= pylogging.WARNING or f"{os.sep}bnjax{os.sep}" in record.pathname
+
+
+def quiet_library_logs() -> None:
+    logging.get_absl_handler().addFilter(_OnlyOwnInfo())
+    pylogging.getLogger("jax._src.xla_bridge").setLevel(pylogging.ERROR)  # "no TPU found"
+
+
 def main(argv) -> None:
     name = argv[1]
     _refuse_foreign(name, _foreign_flags(name))
     logging.set_verbosity(logging.INFO)
-    from bnjax.metrics import quiet_library_logs
-
     quiet_library_logs()
     try:
         COMMANDS[name].run()

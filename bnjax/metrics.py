@@ -1,9 +1,9 @@
-"""What a run reports: log lines a person can watch, TensorBoard scalars, and JSON files."""
+"""What a run reports as it trains: log lines a person can watch and TensorBoard scalars, over
+windows of steps, with a clock for images/s and the time left."""
 from __future__ import annotations
 
 import contextlib
 import json
-import logging as pylogging
 import os
 import time
 
@@ -12,51 +12,13 @@ import numpy as np
 from absl import logging
 from tensorboardX import SummaryWriter
 
-from bnjax.errors import WorkdirError
+from bnjax.files import keep_log_lines_up_to
 
 
 def format_duration(seconds: float) -> str:
     seconds = int(max(seconds, 0))
     hours, rest = divmod(seconds, 3600)
     return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
-
-
-def write_json(path: str, payload: dict) -> None:
-    """Write atomically: a reader never sees half a file, a crash never leaves one."""
-    temporary = f"{path}.tmp"
-    with open(temporary, "w") as f:
-        json.dump(payload, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(temporary, path)
-
-
-def _read_log_lines(path: str) -> list:
-    """(line, record) of every complete line; a last line cut short (a full disk during the
-    append) is dropped with a warning: its window is logged again when its steps rerun."""
-    with open(path) as f:
-        lines = [line for line in f if line.strip()]
-    records = []
-    for index, line in enumerate(lines):
-        try:
-            records.append((line, json.loads(line)))
-        except json.JSONDecodeError:
-            if index < len(lines) - 1 or line.endswith("\n"):
-                raise WorkdirError(f"{path} line {index + 1} is not JSON; repair or remove "
-                                   "that line to resume") from None
-            logging.warning("%s: dropping its last line, written only in part: %r", path,
-                            line[:80])
-    return records
-
-
-def _keep_lines_up_to(path: str, last_step: int) -> None:
-    """Drop log lines past `last_step`: after a crash they describe steps that will rerun."""
-    if not os.path.exists(path):
-        return
-    kept = [line if line.endswith("\n") else line + "\n"
-            for line, record in _read_log_lines(path) if record["step"] <= last_step]
-    with open(f"{path}.tmp", "w") as f:
-        f.writelines(kept)
-    os.replace(f"{path}.tmp", path)
 
 
 LAST_STEP_METRICS = ("lr",)
@@ -173,7 +135,7 @@ class Reporter:
         self.train_log = os.path.join(workdir, "train_log.jsonl")
         self.tensorboard = None
         if chief:
-            _keep_lines_up_to(self.train_log, start_step)
+            keep_log_lines_up_to(self.train_log, start_step)
             # purge_step hides TensorBoard events a crashed attempt wrote past the checkpoint
             self.tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"),
                                              purge_step=start_step + 1 if start_step else None)
@@ -213,15 +175,3 @@ class Reporter:
     def close(self) -> None:
         if self.tensorboard:
             self.tensorboard.close()
-
-
-class _OnlyOwnInfo(pylogging.Filter):
-    """Keep INFO lines from bnjax; libraries (orbax, jax) log one per file operation."""
-
-    def filter(self, record: pylogging.LogRecord) -> bool:
-        return record.levelno >= pylogging.WARNING or f"{os.sep}bnjax{os.sep}" in record.pathname
-
-
-def quiet_library_logs() -> None:
-    logging.get_absl_handler().addFilter(_OnlyOwnInfo())
-    pylogging.getLogger("jax._src.xla_bridge").setLevel(pylogging.ERROR)  # "no TPU found"

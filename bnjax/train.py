@@ -23,7 +23,8 @@ from bnjax.data.batches import steps_per_epoch as count_steps_per_epoch
 from bnjax.data.batches import prefetch
 from bnjax.errors import (CheckpointError, ConfigError, DamagedCheckpointError, DataError,
                           TrainingError)
-from bnjax.metrics import Reporter, Throughput, Window, write_json
+from bnjax.files import write_json
+from bnjax.metrics import Reporter, Throughput, Window
 from bnjax.models import parse_name
 from bnjax.schedule import Schedule
 from bnjax.state import ModelSetup, initialize

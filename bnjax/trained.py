@@ -16,7 +16,7 @@ from bnjax import config as config_lib
 from bnjax.config import looks_like_path
 from bnjax import data as data_lib
 from bnjax.errors import CheckpointError, DataError
-from bnjax.metrics import write_json
+from bnjax.files import write_json
 from bnjax.models import parse_name
 from bnjax.state import ModelSetup, TrainState, initialize
 from bnjax.step import evaluate, make_eval_step, make_mesh, replicate

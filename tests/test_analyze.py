@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from bnjax import analyze, partition
+from bnjax import analyze, partition, tables
 from bnjax.trained import from_workdir
 from bnjax.train import train_and_evaluate
 
@@ -109,7 +109,7 @@ def test_ablation_csv_tells_runs_of_one_model_apart_by_norm(tmp_path):
                 "ablation": [{"fraction_zeroed": 0.0, "test_accuracy": accuracy}]}
                for norm, accuracy in (("batchnorm", 0.35), ("affine", 0.3))]
     path = str(tmp_path / "ablation.csv")
-    analyze.write_ablation_csv(results, path)
+    tables.write_ablation_csv(results, path)
     lines = open(path).read().splitlines()
     assert lines == ["model,norm,mode,seed,fraction_zeroed,test_accuracy",
                      "cifar_resnet_14,batchnorm,bn,0,0.0,0.35",

@@ -3,13 +3,14 @@ import os
 
 import pytest
 
-from bnjax import sweep
+from bnjax import figures, results, sweep
+from bnjax import grid as grid_lib
 from bnjax.config import base_config
 from bnjax.errors import ConfigError
 
 
 def test_grid_values_take_the_type_of_their_field():
-    grid = sweep.parse_grid("train.mode=bn,all; seed=0,1 ;train.lr=0.05;"
+    grid = grid_lib.parse_grid("train.mode=bn,all; seed=0,1 ;train.lr=0.05;"
                             "train.nesterov=true;train.lr_milestones=2/3,2.5/3.75",
                             base_config())
     assert grid == [("train.mode", ["bn", "all"]), ("seed", [0, 1]), ("train.lr", [0.05]),
@@ -24,7 +25,7 @@ def test_grid_values_take_the_type_of_their_field():
 ])
 def test_bad_grids_are_rejected(spec, message):
     with pytest.raises(ConfigError, match=message):
-        sweep.parse_grid(spec, base_config())
+        grid_lib.parse_grid(spec, base_config())
 
 
 def test_every_point_is_validated_before_any_run(tmp_path):
@@ -57,7 +58,7 @@ def test_local_sweep_runs_skips_finished_and_aggregates(tiny_config, tmp_path):
     for name in ("results.csv", "results.md", "accuracy_vs_trainable.png",
                  "accuracy_by_mode.png"):
         assert os.path.getsize(os.path.join(root, name)) > 0
-    rows = sweep.collect(root)
+    rows = results.collect(root)
     assert sorted(r["mode"] for r in rows) == ["bn", "none"]
     assert {r["trainable_params"] for r in rows if r["mode"] == "none"} == {0}
     finished = os.path.join(root, "train.mode=bn", "metrics.json")
@@ -96,10 +97,11 @@ def test_aggregate_shows_the_fields_that_vary_between_runs(tmp_path):
     table = open(os.path.join(root, "results.md")).read().splitlines()
     assert table[0] == ("| model | mode | model.norm | seed | epochs | trainable | "
                         "test accuracy (%) |")
-    assert table[2] == "| cifar_resnet_14 | bn | batchnorm | 0 | 160 | 1,120 | 35.00 |"
+    assert table[2:] == ["| cifar_resnet_14 | bn | affine | 0 | 160 | 1,120 | 30.00 |",
+                         "| cifar_resnet_14 | bn | batchnorm | 0 | 160 | 1,120 | 35.00 |"]
     with open(os.path.join(root, "results.csv")) as f:
         assert f.readline().strip().endswith(",wall_time_s,model.norm")
-    assert list(sweep._lines(rows)) == ["bn, norm=affine", "bn, norm=batchnorm"]
+    assert list(figures.lines_by(rows)) == ["bn, norm=affine", "bn, norm=batchnorm"]
 
 
 def test_aggregate_pivots_accuracy_by_training_mode(tmp_path):
@@ -137,8 +139,8 @@ def test_aggregate_orders_models_by_depth_and_numbers_by_value(tmp_path):
     runs_table, pivot = open(os.path.join(root, "results.md")).read().split("by training mode:")
     run_lines = [line for line in runs_table.splitlines()[2:] if line.startswith("|")]
     assert [line.split(" | ")[0:3] for line in run_lines] == [
-        ["| cifar_resnet_14", "bn", "128"], ["| cifar_resnet_14", "bn", "64"],
-        ["| cifar_resnet_14", "all", "64"], ["| cifar_resnet_110", "bn", "64"]]
+        ["| cifar_resnet_14", "all", "64"], ["| cifar_resnet_14", "bn", "64"],
+        ["| cifar_resnet_14", "bn", "128"], ["| cifar_resnet_110", "bn", "64"]]
     assert [line.split(" | ")[0:2] for line in pivot.strip().splitlines()[2:]] == [
         ["| cifar_resnet_14", "64"], ["| cifar_resnet_14", "128"], ["| cifar_resnet_110", "64"]]
 
@@ -160,7 +162,7 @@ def test_a_sweep_with_replicas_gives_the_results_of_one_without(tiny_config, tmp
     alone, together = str(tmp_path / "alone"), str(tmp_path / "together")
     sweep.run_sweep(tiny_config, grid, alone, "local", "x.py", {})
     sweep.run_sweep(tiny_config, grid, together, "local", "x.py", {}, max_replicas=4)
-    rows = {root: {r["run"]: r for r in sweep.collect(root)} for root in (alone, together)}
+    rows = {root: {r["run"]: r for r in results.collect(root)} for root in (alone, together)}
     assert sorted(rows[alone]) == sorted(rows[together]) and len(rows[alone]) == 4
     for name, row in rows[alone].items():
         other = rows[together][name]
@@ -177,7 +179,7 @@ def test_print_launcher_prints_one_sweep_command_per_group(tmp_path, capsys):
     # bn: lr 0.1 and 0.3, then lr 1 alone; the same for all
     assert len(commands) == 4 and capsys.readouterr().out.splitlines() == commands
     assert "--replicas=2 --group=1 --config.train.epochs=3" in commands[0]
-    plan = sweep.plan_groups(sweep.expand(base_config(), sweep.parse_grid(
+    plan = sweep.plan_groups(grid_lib.expand(base_config(), grid_lib.parse_grid(
         "train.lr=0.1,0.3,1;train.mode=bn,all", base_config())), 2)
     assert [[name for name, _, _ in group] for group in plan][0] == [
         "train.lr=0.1__train.mode=bn", "train.lr=0.3__train.mode=bn"]
@@ -205,14 +207,56 @@ def test_a_point_that_diverges_alone_is_recorded_and_the_sweep_goes_on(tiny_conf
     tiny_config.train.epochs = 4
     root = str(tmp_path / "sweep")
     sweep.run_sweep(tiny_config, "train.lr=100,0.05", root, "local", "x.py", {})
-    rows = {r["run"]: r for r in sweep.collect(root)}
+    rows = {r["run"]: r for r in results.collect(root)}
     assert rows["train.lr=100.0"]["status"] == "diverged"
     assert rows["train.lr=0.05"]["status"] == "finished"
     assert "| diverged (step" in open(os.path.join(root, "results.md")).read()
 
 
 def test_plot_panels_name_the_family_of_each_model():
-    assert sweep._family("cifar_vgg_11") == "VGG-11"
-    assert sweep._family("imagenet_resnet_50") == "ImageNet ResNets"
-    assert sweep._family("cifar_resnet_110") == "deep ResNets (width 16)"
-    assert sweep._family("cifar_resnet_14_64") == "ResNet-14, varying width"
+    assert figures.family("cifar_vgg_11") == "VGG-11"
+    assert figures.family("imagenet_resnet_50") == "ImageNet ResNets"
+    assert figures.family("cifar_resnet_110") == "deep ResNets (width 16)"
+    assert figures.family("cifar_resnet_14_64") == "ResNet-14, varying width"
+
+
+def _lr_runs(root, points):
+    for lr, decay, accuracy in points:
+        config = base_config()
+        config.model.name = "cifar_resnet_14"
+        config.train.lr, config.train.weight_decay = lr, decay
+        _finished_run(root, f"train.lr={lr}__train.weight_decay={decay}", config, accuracy)
+
+
+def test_a_sweep_over_lr_draws_accuracy_against_lr_and_lists_lrs_in_order(tmp_path):
+    """The figure shows what varies: the lr on a log axis, not trainable parameters (where
+    every point stands on one x); the table lists the lrs in their order, not by accuracy."""
+    root = str(tmp_path)
+    _lr_runs(root, [(0.1, 1e-4, 0.40), (1.6, 1e-4, 0.30), (0.4, 1e-4, 0.45)])
+    rows = sweep.aggregate(root)
+    assert figures.choose(rows) == ("accuracy_vs_field", ("train.lr",))
+    assert os.path.getsize(os.path.join(root, "accuracy_vs_train.lr.png")) > 0
+    assert not os.path.exists(os.path.join(root, "accuracy_vs_trainable.png"))
+    assert figures._log_axis("train.lr", [0.1, 0.4, 1.6])
+    assert not figures._log_axis("train.momentum", [0.8, 0.9])
+    lines = open(os.path.join(root, "results.md")).read().splitlines()[2:]
+    assert [line.split(" | ")[2] for line in lines] == ["0.1", "0.4", "1.6"]
+
+
+def test_a_sweep_over_two_numbers_draws_a_heat_map(tmp_path):
+    root = str(tmp_path)
+    _lr_runs(root, [(0.1, 0.0, 0.38), (0.1, 1e-4, 0.40), (1.0, 0.0, 0.42), (1.0, 1e-4, 0.41)])
+    rows = sweep.aggregate(root)
+    assert figures.choose(rows) == ("heatmap", ("train.lr", "train.weight_decay"))
+    assert os.path.getsize(os.path.join(root, "accuracy_train.lr_x_train.weight_decay.png")) > 0
+
+
+def test_a_sweep_over_models_draws_accuracy_against_trainable_parameters(tmp_path):
+    root = str(tmp_path)
+    for name in ("cifar_resnet_14", "cifar_resnet_20"):
+        config = base_config()
+        config.model.name, config.train.lr = name, 0.1
+        _finished_run(root, f"model.name={name}", config, 0.4)
+    rows = sweep.aggregate(root)
+    assert figures.choose(rows) == ("accuracy_vs_trainable", ())
+    assert os.path.getsize(os.path.join(root, "accuracy_vs_trainable.png")) > 0

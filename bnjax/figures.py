@@ -1,0 +1,202 @@
+"""The figures of bnjax's results: accuracy against trainable parameters (the paper's shape),
+against one numeric field, as a heat map over two, bars by training mode, and the gamma
+histograms and ablation curves of `bnjax analyze`. Each function draws one PNG."""
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+
+from bnjax.results import finished, mean, numeric_fields, value_order, varied_fields
+
+# Fields whose values are spread over orders of magnitude: drawn on a log axis.
+LOG_SCALE_FIELDS = ("train.lr", "train.weight_decay", "train.gamma_lr_scale",
+                    "train.beta_lr_scale", "train.random_k")
+
+
+@contextlib.contextmanager
+def _figure(path: str, size: tuple, dpi: int = 120):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure = plt.figure(figsize=size)
+    try:
+        yield figure
+        figure.tight_layout()
+        figure.savefig(path, dpi=dpi)
+    finally:
+        plt.close(figure)
+
+
+def family(model_name: str) -> str:
+    """The panel a model is drawn in: CIFAR ResNets by width 16 (depth varies) or by depth
+    (width varies), VGGs and ImageNet ResNets by name."""
+    from bnjax.models import parse_name
+
+    spec = parse_name(model_name)
+    if spec.family == "cifar_vgg":
+        return f"VGG-{spec.depth}"
+    if spec.family == "imagenet_resnet":
+        return "ImageNet ResNets"
+    return "deep ResNets (width 16)" if spec.width == 16 else f"ResNet-{spec.depth}, varying width"
+
+
+def lines_by(rows: list[dict], leave_out: tuple = ()) -> dict:
+    """{legend label: rows}: one line per training mode and value of each varied field not
+    left out."""
+    lines, varied = {}, [f for f in varied_fields(rows) if f not in leave_out]
+    for row in rows:
+        label = ", ".join([row["mode"], *(f"{f.split('.')[-1]}={row[f]}" for f in varied)])
+        lines.setdefault(label, []).append(row)
+    return dict(sorted(lines.items()))
+
+
+def accuracy_vs_trainable(rows: list[dict], path: str) -> None:
+    """Test accuracy against trainable parameters, a panel per model family."""
+    rows = finished(rows)
+    families = sorted({family(r["model"]) for r in rows})
+    with _figure(path, (6 * len(families), 4.5)) as figure:
+        for index, name in enumerate(families, 1):
+            axis = figure.add_subplot(1, len(families), index)
+            for label, members in lines_by(rows).items():
+                points = sorted((r["trainable_params"], 100 * r["test_accuracy"])
+                                for r in members
+                                if family(r["model"]) == name and r["trainable_params"])
+                if points:
+                    axis.plot(*zip(*points), marker="o", label=label)
+            axis.set_xscale("log")
+            axis.set(xlabel="trainable parameters", ylabel="test accuracy (%)", title=name)
+            axis.grid(alpha=0.3)
+            axis.legend()
+
+
+def _log_axis(field: str, values) -> bool:
+    values = [v for v in values if v is not None]
+    return field in LOG_SCALE_FIELDS and all(v > 0 for v in values)
+
+
+def accuracy_vs_field(rows: list[dict], field: str, path: str) -> None:
+    """Test accuracy against one numeric field (log axis for lr, weight decay and their kin),
+    a line per mode and value of every other varied field; seeds averaged."""
+    rows = finished(rows)
+    with _figure(path, (6, 4.2)) as figure:
+        axis = figure.add_subplot()
+        for label, members in lines_by(rows, leave_out=(field,)).items():
+            by_x: dict = {}
+            for r in members:
+                by_x.setdefault(r[field], []).append(100 * r["test_accuracy"])
+            points = sorted((x, mean(accuracies)) for x, accuracies in by_x.items())
+            axis.plot(*zip(*points), marker="o", label=label)
+        if _log_axis(field, [r[field] for r in rows]):
+            axis.set_xscale("log")
+        axis.set(xlabel=field, ylabel="test accuracy (%)")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+
+
+def heatmap(rows: list[dict], x_field: str, y_field: str, path: str, title: str = "") -> None:
+    """Test accuracy over two fields, a cell per pair of values ('div.' where the run
+    diverged); seeds averaged."""
+    xs = sorted({r[x_field] for r in rows}, key=value_order)
+    ys = sorted({r[y_field] for r in rows}, key=value_order)
+    cells: dict = {}
+    for r in rows:
+        cells.setdefault((ys.index(r[y_field]), xs.index(r[x_field])), []).append(r)
+    values = np.full((len(ys), len(xs)), np.nan)
+    labels = [["-" for _ in xs] for _ in ys]
+    for (i, j), members in cells.items():
+        done = finished(members)
+        if done:
+            values[i, j] = mean([100 * r["test_accuracy"] for r in done])
+            labels[i][j] = f"{values[i, j]:.1f}"
+        else:
+            labels[i][j] = "div."
+    with _figure(path, (1.1 * len(xs) + 2, 0.7 * len(ys) + 1.6)) as figure:
+        axis = figure.add_subplot()
+        image = axis.imshow(values, cmap="viridis", aspect="auto")
+        middle = np.nanmean(values) if np.isfinite(values).any() else 0.0
+        for i in range(len(ys)):
+            for j in range(len(xs)):
+                light = np.isfinite(values[i, j]) and values[i, j] > middle
+                axis.text(j, i, labels[i][j], ha="center", va="center",
+                          color="black" if light else "white")
+        axis.set_xticks(range(len(xs)), [f"{x:g}" if isinstance(x, float) else str(x)
+                                         for x in xs])
+        axis.set_yticks(range(len(ys)), [f"{y:g}" if isinstance(y, float) else str(y)
+                                         for y in ys])
+        axis.set(xlabel=x_field, ylabel=y_field)
+        axis.set_title(title or "test accuracy (%)", fontsize=10)
+        figure.colorbar(image, ax=axis)
+
+
+def accuracy_by_mode(pivot: tuple, path: str) -> None:
+    """Grouped bars of results.by_mode(rows): a group per line, a bar per training mode
+    (seeds averaged)."""
+    modes, header, lines = pivot
+    labels = [dict(zip(header, label)) for label in lines]
+    labels = [{**label, "epochs": f"{label['epochs']} epochs"} for label in labels]
+    shared = [f for f in header if len({label[f] for label in labels}) == 1]
+    width = 0.8 / len(modes)
+    with _figure(path, (max(5, 1.3 * len(lines) * len(modes) ** 0.5), 4)) as figure:
+        axis = figure.add_subplot()
+        for index, mode in enumerate(modes):
+            offset = (index - (len(modes) - 1) / 2) * width
+            bars = [(group + offset, mean(acc[mode]))
+                    for group, acc in enumerate(lines.values()) if mode in acc]
+            drawn = axis.bar(*zip(*bars), width, label=mode)
+            axis.bar_label(drawn, fmt="%.1f", fontsize=7)
+        axis.set_xticks(range(len(lines)), ["\n".join(v for f, v in label.items()
+                                                      if f not in shared)
+                                            for label in labels], fontsize=8)
+        axis.set_title(", ".join(labels[0][f] for f in shared), fontsize=10)
+        axis.set_ylim(0, 100)
+        axis.set_ylabel("test accuracy (%)")
+        axis.legend()
+
+
+def choose(rows: list[dict]) -> tuple[str, tuple]:
+    """The figure that shows what varies: (name, arguments after rows) of
+    accuracy_vs_trainable where models vary, accuracy_vs_field for one numeric field, heatmap
+    for two, else accuracy_vs_trainable."""
+    if len({r["model"] for r in rows}) > 1:
+        return "accuracy_vs_trainable", ()
+    numeric = numeric_fields(rows)
+    if len(numeric) == 1:
+        return "accuracy_vs_field", (numeric[0],)
+    others = [f for f in varied_fields(rows) if f not in numeric]
+    if len(numeric) == 2 and not others and len({r["mode"] for r in rows}) == 1:
+        return "heatmap", (numeric[0], numeric[1])
+    return "accuracy_vs_trainable", ()
+
+
+def gamma_histograms(series: list[tuple[str, dict]], path: str) -> None:
+    """Histograms of gamma, a panel per stage and one overall: series = [(label, {stage:
+    array of gammas})]."""
+    stages = sorted({stage for _, by_stage in series for stage in by_stage},
+                    key=lambda stage: (stage != "stem", stage))
+    panels = ["overall"] + stages
+    with _figure(path, (4 * len(panels), 3.5), dpi=110) as figure:
+        for index, panel in enumerate(panels, 1):
+            axis = figure.add_subplot(1, len(panels), index)
+            for label, by_stage in series:
+                values = np.concatenate([np.asarray(v) for stage, v in by_stage.items()
+                                         if panel in ("overall", stage)])
+                axis.hist(values, bins=60, alpha=0.55, label=label)
+            axis.set(title=f"gamma, {panel}", xlabel="gamma")
+            axis.legend(fontsize=7)
+
+
+def ablation_curves(series: list[tuple[str, list]], path: str) -> None:
+    """Test accuracy against the fraction of gammas zeroed: series = [(label, ablation
+    points)]."""
+    with _figure(path, (5, 3.8), dpi=110) as figure:
+        axis = figure.add_subplot()
+        for label, points in series:
+            axis.plot([100 * a["fraction_zeroed"] for a in points],
+                      [100 * a["test_accuracy"] for a in points], marker="o", label=label)
+        axis.set(xlabel="gammas set to zero, smallest |gamma| first (%)",
+                 ylabel="test accuracy (%)")
+        axis.grid(alpha=0.3)
+        axis.legend()

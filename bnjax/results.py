@@ -1,0 +1,100 @@
+"""The results of a root of run folders, as rows: what `bnjax aggregate`, `bnjax sweep` and the
+study scripts tabulate and draw (bnjax.tables, bnjax.figures)."""
+from __future__ import annotations
+
+import json
+import os
+
+from bnjax import config as config_lib
+
+COLUMNS = ("run", "model", "mode", "seed", "epochs", "trainable_params", "total_params",
+           "status", "diverged_at_step", "test_accuracy", "test_loss", "train_accuracy",
+           "wall_time_s")
+# config fields that COLUMNS already show
+_SHOWN_FIELDS = ("model.name", "train.mode", "seed", "train.epochs")
+
+
+def collect(root: str, fields: tuple = ()) -> list[dict]:
+    """A row per finished (or diverged) run under `root`: COLUMNS, then every config field
+    whose value differs between the runs (e.g. model.norm) and the given `fields`, from each
+    run's run.json (read with today's fields: a field newer than a run has its default
+    there)."""
+    from bnjax.runinfo import saved_config
+
+    rows, configs = [], []
+    for name in sorted(os.listdir(root)):
+        path = os.path.join(root, name, "metrics.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                metrics = json.load(f)
+            with open(os.path.join(root, name, "run.json")) as f:
+                saved = saved_config(json.load(f)["config"])
+            configs.append(dict(config_lib.flat_fields(saved)))
+            rows.append({"run": name, **{c: metrics.get(c) for c in COLUMNS[1:]},
+                         "status": metrics.get("status", "finished")})
+    candidates = sorted({f for config in configs for f in config} - set(_SHOWN_FIELDS))
+    varied = [f for f in candidates  # values may be lists: compared by their JSON
+              if len({json.dumps(config.get(f)) for config in configs}) > 1]
+    shown = varied + [f for f in fields if f not in varied]
+    for row, config in zip(rows, configs):
+        row.update({f: config.get(f) for f in shown})
+    return rows
+
+
+def varied_fields(rows: list[dict]) -> list[str]:
+    """The config fields of the rows beyond COLUMNS (those that vary, and any asked for)."""
+    return [key for key in rows[0] if key not in COLUMNS] if rows else []
+
+
+def is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def numeric_fields(rows: list[dict]) -> list[str]:
+    """The varied fields whose values are all numbers and not all equal."""
+    return [f for f in varied_fields(rows)
+            if all(is_number(r[f]) for r in rows) and len({r[f] for r in rows}) > 1]
+
+
+def finished(rows: list[dict]) -> list[dict]:
+    """The rows with a test accuracy (not diverged)."""
+    return [row for row in rows if row["test_accuracy"] is not None]
+
+
+def model_order(name: str) -> tuple:
+    """cifar_resnet_14 before cifar_resnet_110, narrower before wider."""
+    from bnjax.models import parse_name
+
+    spec = parse_name(name)
+    return spec.family, spec.depth, spec.width
+
+
+def value_order(value) -> tuple:
+    """Numbers by value, before anything else by its JSON."""
+    if is_number(value):
+        return 0, value, ""
+    return 1, 0, json.dumps(value)
+
+
+def mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def by_mode(rows: list[dict]) -> tuple[list[str], list[str], dict]:
+    """(modes, header of the line labels, {line label cells: {mode: [accuracy %, ...]}}): a line
+    per model, value of each other varied field and epochs; a list per seed. Diverged runs
+    are left out (the table lists them)."""
+    varied, rows = varied_fields(rows), finished(rows)
+    modes = [m for m in config_lib.MODES if any(r["mode"] == m for r in rows)]
+    lines: dict = {}
+    for r in sorted(rows, key=lambda r: (model_order(r["model"]),
+                                         *(value_order(r[f]) for f in varied), r["epochs"])):
+        label = (r["model"], *(str(r[f]) for f in varied), str(r["epochs"]))
+        lines.setdefault(label, {}).setdefault(r["mode"], []).append(100 * r["test_accuracy"])
+    return modes, ["model", *varied, "epochs"], lines
+
+
+def pivot_adds(pivot: tuple) -> bool:
+    """Whether by_mode's pivot says more than the plain table: several modes, or seeds."""
+    modes, _, lines = pivot
+    return len(modes) > 1 or any(len(v) > 1 for acc in lines.values() for v in acc.values())

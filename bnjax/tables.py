@@ -1,0 +1,90 @@
+"""Markdown and CSV tables of results: a sweep's runs, the pivot by training mode, and the
+analysis report of `bnjax analyze`."""
+from __future__ import annotations
+
+import csv
+
+from bnjax.config import MODES
+from bnjax.results import mean, model_order, value_order, varied_fields
+
+
+def markdown(header: list[str], body: list[list[str]]) -> str:
+    lines = [header, ["---"] * len(header), *body]
+    return "".join("| " + " | ".join(cells) + " |\n" for cells in lines)
+
+
+def accuracy_cell(row: dict) -> str:
+    """Test accuracy in %, or where the run diverged."""
+    if row["status"] == "diverged":
+        return f"diverged (step {row['diverged_at_step']})"
+    return f"{100 * row['test_accuracy']:.2f}"
+
+
+def write_csv(rows: list[dict], path: str) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _mode_order(mode: str) -> int:
+    return MODES.index(mode) if mode in MODES else len(MODES)
+
+
+def results_table(rows: list[dict]) -> str:
+    """A line per run, by model, mode, then each varied field's values in their order (not by
+    accuracy: a sweep over lr reads as a curve), then seed."""
+    varied = varied_fields(rows)
+    header = ["model", "mode", *varied, "seed", "epochs", "trainable", "test accuracy (%)"]
+    ordered = sorted(rows, key=lambda r: (model_order(r["model"]), _mode_order(r["mode"]),
+                                          *(value_order(r[f]) for f in varied), r["seed"]))
+    body = [[r["model"], r["mode"], *(str(r[f]) for f in varied), str(r["seed"]),
+             str(r["epochs"]), f"{r['trainable_params']:,}", accuracy_cell(r)]
+            for r in ordered]
+    return markdown(header, body)
+
+
+def pivot_table(pivot: tuple) -> str:
+    """Test accuracy with a column per training mode, from results.by_mode(rows); several
+    seeds give their mean, half their range and their count."""
+    modes, header, lines = pivot
+    body = []
+    for label, accuracies in lines.items():
+        cells = []
+        for values in (accuracies.get(mode, []) for mode in modes):
+            if len(values) > 1:
+                spread = (max(values) - min(values)) / 2
+                cells.append(f"{mean(values):.2f} ± {spread:.2f} ({len(values)} seeds)")
+            else:
+                cells.append(f"{values[0]:.2f}" if values else "")
+        body.append([*label, *cells])
+    return markdown([*header, *modes], body)
+
+
+def analysis_report(results: list[dict], labels: list[str]) -> str:
+    """bnjax analyze's results as a Markdown table with one column per run."""
+    rows = [["gammas", *(f"{r['gamma']['count']:,}" for r in results)],
+            ["abs(gamma) < 0.01", *(f"{100 * r['gamma']['fraction_abs_below_0.01']:.1f}%"
+                                    for r in results)],
+            ["gamma < 0", *(f"{100 * r['gamma']['fraction_negative']:.1f}%" for r in results)],
+            ["disabled channels (ReLU-fed BNs)", *(
+                f"{r['disabled']['disabled']}/{r['disabled']['channels']} "
+                f"({100 * r['disabled']['fraction_disabled']:.1f}%)" for r in results)]]
+    for index, point in enumerate(results[0]["ablation"]):
+        rows.append([f"accuracy, {100 * point['fraction_zeroed']:.0f}% smallest gammas zeroed",
+                     *(f"{100 * r['ablation'][index]['test_accuracy']:.2f}%" for r in results)])
+    lines = ["| | " + " | ".join(labels) + " |", "|---" * (len(labels) + 1) + "|",
+             *("| " + " | ".join(cells) + " |" for cells in rows)]
+    return "\n".join(lines) + "\n\nDisabled channel: " + results[0]["disabled"]["definition"] \
+        + ".\n"
+
+
+def write_ablation_csv(results: list[dict], path: str) -> None:
+    """A line per run and fraction of gammas zeroed; `norm` tells runs of one model apart."""
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["model", "norm", "mode", "seed", "fraction_zeroed", "test_accuracy"])
+        for r in results:
+            for a in r["ablation"]:
+                writer.writerow([r["model"], r.get("norm", "batchnorm"), r["mode"], r["seed"],
+                                 a["fraction_zeroed"], a["test_accuracy"]])
