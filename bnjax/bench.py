@@ -18,7 +18,7 @@ from bnjax.data.batches import train_batches
 from bnjax.data.dataset import Dataset
 from bnjax.engine import make_engine
 from bnjax.models import parse_name
-from bnjax.schedule import Schedule
+from bnjax.timetable import Timetable
 from bnjax.state import initialize
 from bnjax.step import make_mesh, shard_batch
 from bnjax.train import Run
@@ -73,7 +73,7 @@ def run_bench(config, warmup: int = 3, steps: int = 20, replicas: int = 1,
     runs, states = [], []
     for replica in _replica_configs(config, replicas, same_seed):
         setup, state = initialize(replica, 10, image_shape, steps_per_epoch=count // batch)
-        runs.append(Run(replica, setup, data, data, Schedule.from_config(replica, count // batch)))
+        runs.append(Run(replica, setup, data, data, Timetable.from_config(replica, count // batch)))
         states.append(state)
     mesh = make_mesh()
     engine = make_engine(runs, mesh, layout)

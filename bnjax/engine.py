@@ -52,14 +52,14 @@ def make_step_function(run):
     constants = {name: config.train[name] for name in HYPERPARAMETERS
                  if name not in _traced_names(config.train)}
     augment_on_device = not run.train_data.augmented_on_host
-    per_epoch = run.schedule.steps_per_epoch
+    per_epoch = run.timetable.steps_per_epoch
 
     def step(state, frozen, images, targets, key, traced):
         numbers = {**constants, **traced}
-        schedule = learning_rate_schedule(config.train, per_epoch, numbers["lr"])
-        optimizer = make_optimizer(config.train, setup.param_labels, schedule, setup.masks,
+        lr_schedule = learning_rate_schedule(config.train, per_epoch, numbers["lr"])
+        optimizer = make_optimizer(config.train, setup.param_labels, lr_schedule, setup.masks,
                                    numbers)
-        return train_step_function(setup.model, optimizer, setup.param_labels, schedule,
+        return train_step_function(setup.model, optimizer, setup.param_labels, lr_schedule,
                                    augment_on_device)(state, frozen, images, targets, key)
 
     return step
@@ -99,11 +99,11 @@ class _Engine:
         """(steps, images, targets) of every call from start_step to the end: one batch for
         all replicas of one seed, else each replica's own batch stacked on a replicas axis
         after the steps axis."""
-        schedule, batch = self.runs[0].schedule, self.config.train.batch_size
+        timetable, batch = self.runs[0].timetable, self.config.train.batch_size
 
         def stream(run):
             return train_batches(run.train_data, batch, run.config.seed, start_step,
-                                 schedule.total_steps, local_rows(batch))
+                                 timetable.total_steps, local_rows(batch))
 
         if self.shared:
             batches = stream(self.runs[0])
@@ -111,7 +111,7 @@ class _Engine:
             batches = ((items[0][0], np.stack([item[1] for item in items], axis=0),
                         np.stack([item[2] for item in items], axis=0))
                        for items in zip(*(stream(run) for run in self.runs)))
-        return group_into_calls(batches, self.config.train.steps_per_call, schedule.ends_call)
+        return group_into_calls(batches, self.config.train.steps_per_call, timetable.ends_call)
 
     def _compiled(self, function):
         per_call = self.config.train.steps_per_call

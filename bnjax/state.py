@@ -57,12 +57,12 @@ def learning_rate_schedule(train_config, steps_per_epoch: int, lr=None) -> optax
     lr = train_config.lr if lr is None else lr
     boundaries = {int(epoch * steps_per_epoch): train_config.lr_drop
                   for epoch in train_config.lr_milestones}
-    schedule = optax.piecewise_constant_schedule(lr, boundaries)
+    lr_schedule = optax.piecewise_constant_schedule(lr, boundaries)
     warmup_steps = train_config.warmup_epochs * steps_per_epoch
     if not warmup_steps:
-        return schedule
+        return lr_schedule
     warmup = optax.linear_schedule(0.0, lr, warmup_steps)
-    return optax.join_schedules([warmup, lambda step: schedule(step + warmup_steps)],
+    return optax.join_schedules([warmup, lambda step: lr_schedule(step + warmup_steps)],
                                 [warmup_steps])
 
 
@@ -95,18 +95,18 @@ def _update_multipliers(param_labels, masks, hyper) -> dict:
     return multipliers
 
 
-def _learner(train_config, schedule, hyper) -> list:
+def _learner(train_config, lr_schedule, hyper) -> list:
     """The optimizer's steps for the trainable leaves, before any update multipliers."""
     momentum, decay = hyper["momentum"], hyper["weight_decay"]
     if train_config.optimizer == "adamw":
-        return [optax.adamw(schedule, b1=momentum, weight_decay=decay)]
-    step = (optax.adam(schedule, b1=momentum) if train_config.optimizer == "adam" else
-            optax.sgd(schedule, momentum=momentum if train_config.momentum else None,
+        return [optax.adamw(lr_schedule, b1=momentum, weight_decay=decay)]
+    step = (optax.adam(lr_schedule, b1=momentum) if train_config.optimizer == "adam" else
+            optax.sgd(lr_schedule, momentum=momentum if train_config.momentum else None,
                       nesterov=train_config.nesterov))
     return [optax.add_decayed_weights(decay), step]
 
 
-def make_optimizer(train_config, param_labels, schedule, masks=None,
+def make_optimizer(train_config, param_labels, lr_schedule, masks=None,
                    hyper: dict | None = None) -> optax.GradientTransformation:
     """train.optimizer with weight decay on trainable leaves; frozen leaves get nothing.
 
@@ -118,7 +118,7 @@ def make_optimizer(train_config, param_labels, schedule, masks=None,
     """
     hyper = hyperparameters(train_config) if hyper is None else hyper
     multipliers = _update_multipliers(param_labels, masks, hyper)
-    learner = optax.chain(*_learner(train_config, schedule, hyper),
+    learner = optax.chain(*_learner(train_config, lr_schedule, hyper),
                           *([multiply_updates(multipliers)] if multipliers else []))
     return optax.multi_transform(
         {partition.TRAINABLE: learner, partition.FROZEN: optax.set_to_zero()}, param_labels)
@@ -131,7 +131,7 @@ class ModelSetup:
     model: object
     frozen: dict  # the frozen parameter leaves, regenerated from the seed
     param_labels: dict  # a tree like the params: 'trainable' or 'frozen' (optax.multi_transform)
-    schedule: optax.Schedule
+    lr_schedule: optax.Schedule
     optimizer: optax.GradientTransformation
     masks: dict | None  # random_k's per-element masks over the trainable leaves
     total_params: int
@@ -153,12 +153,12 @@ def initialize(config, num_classes: int, image_shape, steps_per_epoch: int,
     if mode in partition.MASKED_MODES:
         masks = initial_weights.random_k_masks(trainable, config.train.random_k, config.seed,
                                                frozen_init)
-    schedule = learning_rate_schedule(config.train, steps_per_epoch)
-    optimizer = make_optimizer(config.train, param_labels, schedule, masks)
+    lr_schedule = learning_rate_schedule(config.train, steps_per_epoch)
+    optimizer = make_optimizer(config.train, param_labels, lr_schedule, masks)
     state = TrainState(step=jnp.asarray(0, jnp.int32), trainable=trainable,
                        batch_stats=variables.get("batch_stats", {}),
                        opt_state=optimizer.init(params))
-    setup = ModelSetup(model, frozen, param_labels, schedule, optimizer, masks,
+    setup = ModelSetup(model, frozen, param_labels, lr_schedule, optimizer, masks,
                        total_params=partition.count(params),
                        trainable_params=partition.trainable_count(trainable, mode,
                                                                   config.train.random_k),

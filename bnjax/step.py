@@ -74,7 +74,7 @@ def _cross_entropy(logits, targets):
     return optax.softmax_cross_entropy_with_integer_labels(logits, targets)
 
 
-def train_step_function(model, optimizer, param_labels, schedule,
+def train_step_function(model, optimizer, param_labels, lr_schedule,
                         augment_on_device: bool = True):
     """train_step(state, frozen, images_uint8, targets, augment_key) -> (state, metrics), not
     yet compiled (make_train_step compiles it; bnjax.replicas maps it over replicas first).
@@ -107,7 +107,7 @@ def train_step_function(model, optimizer, param_labels, schedule,
                                   batch_stats=batch_stats, opt_state=opt_state)
         metrics = {"loss": loss,
                    "accuracy": jnp.mean(jnp.argmax(logits, -1) == targets),
-                   "lr": schedule(state.step),
+                   "lr": lr_schedule(state.step),
                    "grad_norm": optax.tree.norm(grads)}  # trainable leaves only
         return new_state, metrics
 
@@ -139,11 +139,11 @@ def compile_steps(train_step, steps_per_call: int = 1):
     return jax.jit(train_steps, donate_argnums=(0,))
 
 
-def make_train_step(model, optimizer, param_labels, schedule, augment_on_device: bool = True,
+def make_train_step(model, optimizer, param_labels, lr_schedule, augment_on_device: bool = True,
                     steps_per_call: int = 1):
     """The compiled train_step(state, frozen, images_uint8, targets, augment_key) ->
     (state, metrics) of train_step_function, steps_per_call steps per call (compile_steps)."""
-    return compile_steps(train_step_function(model, optimizer, param_labels, schedule,
+    return compile_steps(train_step_function(model, optimizer, param_labels, lr_schedule,
                                              augment_on_device), steps_per_call)
 
 

@@ -26,7 +26,7 @@ from bnjax.errors import (CheckpointError, ConfigError, DamagedCheckpointError, 
 from bnjax.files import write_json
 from bnjax.metrics import Reporter, Throughput, Window
 from bnjax.models import parse_name
-from bnjax.schedule import Schedule
+from bnjax.timetable import Timetable
 from bnjax.state import ModelSetup, initialize
 from bnjax.step import make_mesh
 
@@ -38,7 +38,7 @@ class Run:
     setup: ModelSetup
     train_data: data_lib.Dataset
     eval_data: data_lib.Dataset
-    schedule: Schedule
+    timetable: Timetable
 
     def describe(self) -> dict:
         return runinfo.describe(self.config, self.setup.frozen_checksum, self.setup.frozen_init,
@@ -66,7 +66,7 @@ def build_run(config, frozen_init: str = initial_weights.CURRENT, splits=None):
     setup, state = initialize(config, train_data.num_classes, train_data.image_shape, per_epoch,
                               frozen_init)
     run = Run(config=config, setup=setup, train_data=train_data, eval_data=eval_data,
-              schedule=Schedule.from_config(config, per_epoch))
+              timetable=Timetable.from_config(config, per_epoch))
     return run, state
 
 
@@ -164,7 +164,7 @@ class Lane:
 def _run_fields(run: Run, history: list) -> dict:
     """What metrics.json says of a run however it ended."""
     config = run.config
-    return {"epochs": config.train.epochs, "steps": run.schedule.total_steps,
+    return {"epochs": config.train.epochs, "steps": run.timetable.total_steps,
             "trainable_params": run.setup.trainable_params, "total_params": run.setup.total_params,
             "model": config.model.name, "mode": config.train.mode, "seed": config.seed,
             "history": history, "frozen_checksum": run.setup.frozen_checksum}
@@ -381,7 +381,7 @@ def _train_loop(lanes: list[Lane], states: list, saved: list, stop_at_step):
     """Train the lanes from `states` to the end; `saved` is each one's checkpoint metadata ({}
     for a fresh start): the history, the open log window and the time spent so far."""
     run = lanes[0].run
-    config, schedule = run.config, run.schedule
+    config, timetable = run.config, run.timetable
     live = [index for index, lane in enumerate(lanes) if not lane.ended]
     first_saved = saved[live[0]]
     timing = first_saved.get("timing")
@@ -394,8 +394,8 @@ def _train_loop(lanes: list[Lane], states: list, saved: list, stop_at_step):
         lanes[index].history = saved[index].get("history", [])
     logging.info("%s, mode %s: %d of %d parameters trainable; step %d of %d (%d epochs x %d)%s",
                  config.model.name, config.train.mode, run.setup.trainable_params,
-                 run.setup.total_params, start_step, schedule.total_steps, config.train.epochs,
-                 schedule.steps_per_epoch, "" if single else f"; {len(lanes)} replicas")
+                 run.setup.total_params, start_step, timetable.total_steps, config.train.epochs,
+                 timetable.steps_per_epoch, "" if single else f"; {len(lanes)} replicas")
     if chief and start_step == 0:  # once per workdir, not on every resume
         logging.info("parameters:\n%s", summary.parameter_table(
             partition.merge(states[0].trainable, run.setup.frozen), run.setup.param_labels))
@@ -404,8 +404,8 @@ def _train_loop(lanes: list[Lane], states: list, saved: list, stop_at_step):
     state = engine.place(states)
     for lane in lanes:
         if not lane.ended:
-            lane.reporter = Reporter(lane.workdir, schedule.total_steps,
-                                     schedule.steps_per_epoch, start_step, chief=chief,
+            lane.reporter = Reporter(lane.workdir, timetable.total_steps,
+                                     timetable.steps_per_epoch, start_step, chief=chief,
                                      progress=single)
     batch = config.train.batch_size
     carried = [saved[index].get("open_window") or first_saved.get("open_window")
@@ -425,7 +425,7 @@ def _train_loop(lanes: list[Lane], states: list, saved: list, stop_at_step):
             profiler.after(steps[-1] + 1, metrics)
             window.add(metrics, len(steps))
             done = steps[-1] + 1
-            due = schedule.after(done)
+            due = timetable.after(done)
             # A signal may reach one host of many: all stop at the same step.
             stopping = (distributed.any_process(bool(received))
                         or (stop_at_step is not None and steps[0] < stop_at_step <= done))
@@ -443,7 +443,7 @@ def _train_loop(lanes: list[Lane], states: list, saved: list, stop_at_step):
                         lane.reporter.train_window(done, value, rate, batch)
                         lane.train_values = value
                 if not single:
-                    _log_group_progress(lanes, done, schedule.total_steps, values, rate)
+                    _log_group_progress(lanes, done, timetable.total_steps, values, rate)
                 window = Window(len(lanes))
             results = [None] * len(lanes)
             if due.evaluate:

@@ -35,11 +35,11 @@ for name in sys.argv[1].split(","):
     config.train.steps_per_call = PER_CALL
     setup, state = initialize(config, 10, (32, 32, 3), 10)
     augment = not name.startswith("imagenet")
-    step = train_step_function(setup.model, setup.optimizer, setup.param_labels, setup.schedule,
+    step = train_step_function(setup.model, setup.optimizer, setup.param_labels, setup.lr_schedule,
                                augment)
     run = types.SimpleNamespace(config=config, setup=setup,
                                 train_data=types.SimpleNamespace(augmented_on_host=not augment),
-                                schedule=types.SimpleNamespace(steps_per_epoch=10))
+                                timetable=types.SimpleNamespace(steps_per_epoch=10))
     replica_step = jax.vmap(make_step_function(run), in_axes=(0, None, None, None, None, 0))
     numbers = {n: np.full(2, config.train[n], np.float32) for n in HYPERPARAMETERS
                if n not in ("gamma_lr_scale", "beta_lr_scale")}

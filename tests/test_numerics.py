@@ -31,11 +31,11 @@ def test_sgd_updates_equal_the_closed_form(momentum, weight_decay, nesterov):
         nesterov
     train.lr_milestones, train.warmup_epochs = (3,), 1
     steps_per_epoch = 2
-    schedule = learning_rate_schedule(train, steps_per_epoch)
+    lr_schedule = learning_rate_schedule(train, steps_per_epoch)
     params = {"bn": {"scale": np.linspace(-1, 1, 5).astype(np.float32)},
               "conv": {"kernel": np.ones(3, np.float32)}}
     labels = {"bn": {"scale": partition.TRAINABLE}, "conv": {"kernel": partition.FROZEN}}
-    optimizer = make_optimizer(train, labels, schedule)
+    optimizer = make_optimizer(train, labels, lr_schedule)
     rng = np.random.default_rng(0)
     grads = [rng.normal(size=5).astype(np.float32) for _ in range(10)]
     state, current = optimizer.init(params), params
@@ -53,7 +53,7 @@ def test_sgd_updates_equal_the_closed_form(momentum, weight_decay, nesterov):
     np.testing.assert_allclose(jax.device_get(current["bn"]["scale"]), expected, rtol=2e-6,
                                atol=2e-7)
     np.testing.assert_array_equal(current["conv"]["kernel"], params["conv"]["kernel"])
-    assert [float(schedule(s)) for s in (0, 1, 2, 5, 6)] == pytest.approx(
+    assert [float(lr_schedule(s)) for s in (0, 1, 2, 5, 6)] == pytest.approx(
         [lr_at(s) for s in (0, 1, 2, 5, 6)])
 
 

@@ -47,27 +47,27 @@ def test_optimizer_state_exists_only_for_trainable_leaves(params, mode):
     optimizer = make_optimizer(train, labels, learning_rate_schedule(train, 10))
     trainable, _ = partition.split(params, labels)
     momentum_elements = sum(int(np.size(x)) for x in jax.tree.leaves(optimizer.init(params)))
-    # one momentum buffer per trainable element (+ scalar counters of the schedule)
+    # one momentum buffer per trainable element (+ scalar counters of the lr schedule)
     assert partition.count(trainable) <= momentum_elements <= partition.count(trainable) + 4
 
 
 def test_learning_rate_schedule_drops_at_milestone_epochs():
     train = base_config().train
-    schedule = learning_rate_schedule(train, steps_per_epoch=10)
-    assert float(schedule(0)) == pytest.approx(0.1)
-    assert float(schedule(799)) == pytest.approx(0.1)
-    assert float(schedule(800)) == pytest.approx(0.01)
-    assert float(schedule(1200)) == pytest.approx(0.001)
+    lr_schedule = learning_rate_schedule(train, steps_per_epoch=10)
+    assert float(lr_schedule(0)) == pytest.approx(0.1)
+    assert float(lr_schedule(799)) == pytest.approx(0.1)
+    assert float(lr_schedule(800)) == pytest.approx(0.01)
+    assert float(lr_schedule(1200)) == pytest.approx(0.001)
 
 
 def test_warmup_then_milestones_stay_on_absolute_epochs():
     train = base_config().train
     train.warmup_epochs, train.lr_milestones = 5, (30,)
-    schedule = learning_rate_schedule(train, steps_per_epoch=10)
-    assert float(schedule(0)) == 0.0
-    assert float(schedule(25)) == pytest.approx(0.05)
-    assert float(schedule(299)) == pytest.approx(0.1)
-    assert float(schedule(300)) == pytest.approx(0.01)
+    lr_schedule = learning_rate_schedule(train, steps_per_epoch=10)
+    assert float(lr_schedule(0)) == 0.0
+    assert float(lr_schedule(25)) == pytest.approx(0.05)
+    assert float(lr_schedule(299)) == pytest.approx(0.1)
+    assert float(lr_schedule(300)) == pytest.approx(0.01)
 
 
 @pytest.mark.parametrize("name", ["cifar_resnet_8", "cifar_resnet_14", "cifar_resnet_20",

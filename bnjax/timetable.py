@@ -1,6 +1,6 @@
 """What falls after each training step: one answer, built once from the config.
 
-The grouping of steps into compiled calls and the training loop both ask `Schedule.after`; a
+The grouping of steps into compiled calls and the training loop both ask `Timetable.after`; a
 call ends wherever something is due, so a run's calls (and therefore its float rounding, its log
 lines and its checkpoints) do not depend on where it was stopped and resumed. Stops (a signal,
 --stop_at_step) are not scheduled: they wait for the end of the call in flight.
@@ -24,7 +24,7 @@ class Due:
 
 
 @dataclasses.dataclass(frozen=True)
-class Schedule:
+class Timetable:
     steps_per_epoch: int
     total_steps: int
     log_every_steps: int
@@ -33,7 +33,7 @@ class Schedule:
     save_every_steps: int  # 0: only at epoch ends
 
     @classmethod
-    def from_config(cls, config, steps_per_epoch: int) -> Schedule:
+    def from_config(cls, config, steps_per_epoch: int) -> Timetable:
         return cls(steps_per_epoch=steps_per_epoch,
                    total_steps=steps_per_epoch * config.train.epochs,
                    log_every_steps=config.log.every_steps,
