@@ -1,7 +1,7 @@
 """BatchNorm with the residual add and ReLU that follow it, and a hand-written gradient.
 
 The same parameters and forward values as flax's nn.BatchNorm(use_fast_variance=False)
-followed by `relu(y + residual)`, with PyTorch's momentum, epsilon (bnjax.models.init) and
+followed by `relu(y + residual)`, with PyTorch's momentum, epsilon (bnjax.models.layers) and
 running variance (the unbiased batch variance, as torch.nn.BatchNorm2d keeps it).
 
 - The batch variance is the mean of squared deviations from the mean (two passes), not

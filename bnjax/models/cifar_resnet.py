@@ -10,7 +10,7 @@ from typing import Any
 import jax.numpy as jnp
 from flax import linen as nn
 
-from bnjax.models.init import conv_and_norm
+from bnjax.models.layers import conv_and_norm
 from bnjax.models.initializers import TorchBias, kaiming_normal
 
 

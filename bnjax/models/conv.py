@@ -129,7 +129,7 @@ def _explicit_padding(padding) -> tuple:
 class Conv(nn.Module):
     """nn.Conv(features, kernel_size, strides, padding, use_bias, kernel_init, dtype) on
     channels-last inputs: the same 'kernel' parameter and initial values; with use_bias, a
-    'bias' with PyTorch's default init (bnjax.models.init.TorchBias)."""
+    'bias' with PyTorch's default init (bnjax.models.initializers.TorchBias)."""
     features: int
     kernel_size: tuple
     strides: tuple = (1, 1)

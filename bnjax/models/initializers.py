@@ -1,10 +1,9 @@
 """The paper's initialisers: open_lth's `kaiming_normal`, PyTorch's default bias and open_lth's
 BatchNorm inits.
 
-Each is a small description of a distribution. As a Flax initializer (calling it with a key) it
-draws with jax.random, which is what `model.init` gives. bnjax itself draws the same
-distributions from the seed with bnjax.initial_weights, whose numbers are the same bits on
-every machine.
+Each is a small description of a distribution, and each generator draws them in one place:
+jax_random_draw here (what a Flax initializer called with a key, and so `model.init`, gives) and
+bnjax.initial_weights.draw (from the seed, the same bits on every machine).
 """
 from __future__ import annotations
 
@@ -21,37 +20,36 @@ def fan_in(kernel_shape) -> int:
     return math.prod(kernel_shape[:-1])
 
 
+class Distribution:
+    """A described distribution; called as a Flax initializer it draws with jax.random
+    (jax_random_draw)."""
+
+    def __call__(self, key, shape, dtype=jnp.float32):
+        return jax_random_draw(self, key, shape, dtype)
+
+
 @dataclasses.dataclass(frozen=True)
-class KaimingNormal:
+class KaimingNormal(Distribution):
     """N(0, 2 / fan_in), not truncated: PyTorch's kaiming_normal_(mode='fan_in', 'relu')."""
 
     def std(self, shape) -> float:
         return math.sqrt(2.0 / fan_in(shape))
 
-    def __call__(self, key, shape, dtype=jnp.float32):
-        return nn.initializers.variance_scaling(2.0, "fan_in", "normal")(key, shape, dtype)
-
 
 @dataclasses.dataclass(frozen=True)
-class Uniform:
+class Uniform(Distribution):
     """U[low, high)."""
     low: float
     high: float
 
-    def __call__(self, key, shape, dtype=jnp.float32):
-        return jax.random.uniform(key, shape, dtype, self.low, self.high)
-
 
 @dataclasses.dataclass(frozen=True)
-class Constant:
+class Constant(Distribution):
     value: float
 
-    def __call__(self, key, shape, dtype=jnp.float32):
-        return jnp.full(shape, self.value, dtype)
-
 
 @dataclasses.dataclass(frozen=True)
-class TorchBias:
+class TorchBias(Distribution):
     """PyTorch's default bias of nn.Linear and nn.Conv2d: U(-1/sqrt(fan_in), 1/sqrt(fan_in)),
     fan_in of the layer's kernel."""
     fan_in: int
@@ -59,9 +57,20 @@ class TorchBias:
     def bound(self) -> float:
         return 1.0 / math.sqrt(self.fan_in)
 
-    def __call__(self, key, shape, dtype=jnp.float32):
-        bound = 1.0 / jnp.sqrt(self.fan_in)
+
+def jax_random_draw(distribution: Distribution, key, shape, dtype=jnp.float32):
+    """`distribution` drawn with jax.random: what `model.init` gives, and the legacy
+    frozen-weight generator (bnjax.initial_weights) is."""
+    if isinstance(distribution, KaimingNormal):
+        return nn.initializers.variance_scaling(2.0, "fan_in", "normal")(key, shape, dtype)
+    if isinstance(distribution, Uniform):
+        return jax.random.uniform(key, shape, dtype, distribution.low, distribution.high)
+    if isinstance(distribution, Constant):
+        return jnp.full(shape, distribution.value, dtype)
+    if isinstance(distribution, TorchBias):
+        bound = 1.0 / jnp.sqrt(distribution.fan_in)
         return jax.random.uniform(key, shape, dtype, -bound, bound)
+    raise TypeError(f"cannot draw {distribution!r} with jax.random")
 
 
 kaiming_normal = KaimingNormal()
