@@ -119,9 +119,9 @@ def heatmap(rows: list[dict], x_field: str, y_field: str, path: str, title: str 
         middle = np.nanmean(values) if np.isfinite(values).any() else 0.0
         for i in range(len(ys)):
             for j in range(len(xs)):
-                light = np.isfinite(values[i, j]) and values[i, j] > middle
-                axis.text(j, i, labels[i][j], ha="center", va="center",
-                          color="black" if light else "white")
+                color = "0.5" if not np.isfinite(values[i, j]) else \
+                    "black" if values[i, j] > middle else "white"
+                axis.text(j, i, labels[i][j], ha="center", va="center", color=color)
         axis.set_xticks(range(len(xs)), [f"{x:g}" if isinstance(x, float) else str(x)
                                          for x in xs])
         axis.set_yticks(range(len(ys)), [f"{y:g}" if isinstance(y, float) else str(y)
