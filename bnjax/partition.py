@@ -60,11 +60,6 @@ def unflatten(flat: dict) -> dict:
     return traverse_util.unflatten_dict(flat, sep="/")
 
 
-def param_roles(params) -> dict:
-    """A tree like `params` whose leaves are role names."""
-    return unflatten({p: role_of(p) for p in flatten(params)})
-
-
 def param_labels(params, mode: str) -> dict:
     """A tree like `params` whose leaves are 'trainable' or 'frozen' under `mode`."""
     roles = MODE_ROLES[mode]

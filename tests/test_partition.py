@@ -17,7 +17,7 @@ def params():
 
 
 def test_every_parameter_has_exactly_one_role(params):
-    roles = partition.flatten(partition.param_roles(params))
+    roles = {path: partition.role_of(path) for path in partition.flatten(params)}
     assert set(roles.values()) == {"gamma", "beta", "conv", "shortcut", "output"}
     assert roles["stage2_block0/shortcut_bn/scale"] == "gamma"
     assert roles["stage2_block0/shortcut_conv/kernel"] == "shortcut"

@@ -31,7 +31,8 @@ def train_batches(data: Dataset, batch_size: int, seed: int, start_step: int, en
             epoch = step // per_epoch
             order = epoch_order(seed, epoch, len(data))
         index = np.sort(order[(step % per_epoch) * batch_size:][:batch_size])[rows]
-        yield (step, *data.read(index, step))
+        # a split augmented on the host seeds its crops by the step
+        yield (step, *(data.read(index, step) if data.augmented_on_host else data.read(index)))
 
 
 def group_into_calls(batches, steps_per_call: int, ends_call):

@@ -15,8 +15,9 @@ class Dataset:
     class_names: tuple
     augmented_on_host = False  # crops and flips happen inside the jitted step
 
-    def read(self, indices: np.ndarray, step: int | None = None):
-        del step  # the step keys the on-device augmentation instead
+    def read(self, indices: np.ndarray):
+        """(uint8 images, int32 labels) of these examples, as stored: crops and flips are the
+        step's work (keyed by the step there)."""
         return self.images[indices], self.labels[indices]
 
     @property

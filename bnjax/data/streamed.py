@@ -12,6 +12,7 @@ resizes the shorter side to 256 and takes the centre 224 x 224.
 from __future__ import annotations
 
 import math
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -55,15 +56,19 @@ def train_transform(image: np.ndarray, rng: np.random.Generator, size: int) -> n
     return np.asarray(crop, np.uint8)
 
 
-def eval_transform(image: np.ndarray, size: int, resize: int = EVAL_RESIZE) -> np.ndarray:
-    """Shorter side to `resize` (size * 256 / 224 for other sizes), then the centre size x size."""
-    resize = int(round(resize * size / 224))
+def resize_and_centre_crop(image: np.ndarray, shorter_side: int, size: int) -> np.ndarray:
+    """The shorter side resized to `shorter_side` (bilinear), then the centre size x size."""
     height, width = image.shape[:2]
-    scale = resize / min(height, width)
+    scale = shorter_side / min(height, width)
     new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
     resized = Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR)
     left, top = (new_w - size) // 2, (new_h - size) // 2
     return np.asarray(resized.crop((left, top, left + size, top + size)), np.uint8)
+
+
+def eval_transform(image: np.ndarray, size: int, resize: int = EVAL_RESIZE) -> np.ndarray:
+    """Shorter side to `resize` (size * 256 / 224 for other sizes), then the centre size x size."""
+    return resize_and_centre_crop(image, int(round(resize * size / 224)), size)
 
 
 def _rgb(image) -> np.ndarray:
@@ -82,6 +87,8 @@ class StreamedSplit:
         self.source, self.class_names = source, class_names
         self.image_size, self.train, self.seed = image_size, train, seed
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="bnjax-decode")
+        # the decode threads end with the split (or at exit), whoever holds it last
+        weakref.finalize(self, self.pool.shutdown, wait=False)
 
     def __len__(self) -> int:
         return len(self.source)
@@ -105,7 +112,8 @@ class StreamedSplit:
         return image, example["label"]
 
     def read(self, indices: np.ndarray, step: int | None = None):
-        """(uint8 images, int32 labels) of these examples; step seeds the training crops."""
+        """(uint8 images, int32 labels) of these examples; the training split's crops are
+        seeded by `step` (with the seed and each example's index)."""
         examples = list(self.pool.map(lambda i: self._example(i, step), indices))
         images = np.stack([image for image, _ in examples]) if examples else np.zeros(
             (0,) + self.image_shape, np.uint8)

@@ -7,7 +7,7 @@ custom VJP instead: the weight gradient is one matrix product per kernel tap, be
 strided, shifted slice of the padded input and the output gradient, each contracting batch and
 space; the input gradient and the forward pass stay lax convolutions. Inputs smaller than the
 kernel (VGG's last 2x2 stage, ImageNet ResNets on small images) take another slow XLA:CPU
-path, about 90 times slower than the same work as one matrix product; there the whole
+path, far slower than the same work as one matrix product (docs/PERFORMANCE.md); there the whole
 convolution is that product, of the taps side by side (im2col) with the kernel, and autodiff
 gives its gradients. Other sizes and other backends use lax's convolution and gradient, which
 were as fast or faster there. Results equal lax's to float rounding (tests/test_models.py).
