@@ -16,7 +16,9 @@ than a floor of LAUNCH_US per kernel allows; the predicted wall time of the pape
 CIFAR-10; and whether batch 128 fills the device: whether the step's compute at 30% outlasts
 that floor, and if not, how many replicas (vmap) would.
 
-    python launch/cost_model.py --results=docs/cost_model.jsonl > docs/cost_model.md
+    python launch/cost_model.py --results=docs/performance/cost_model.jsonl
+    python launch/cost_model.py --results=docs/performance/cost_model.jsonl \
+        --compare=gpu_results/summary.jsonl --device=H200   # after launch/gpu_check.sh
 
 Compiling the deepest models on this CPU takes minutes (ResNet-866: about ten); --models picks
 fewer.
@@ -84,13 +86,14 @@ def _roofline_s(row: dict, device: str) -> tuple[float, str]:
     return (by_flops, "flops") if by_flops >= by_bytes else (by_bytes, "bw")
 
 
-def predict(row: dict, device: str, utilisation: float) -> dict:
+def predict(row: dict, device: str, utilisation: float, replicas: int = 1) -> dict:
     """Images/s of one device reaching `utilisation` of its roofline, and never faster than
-    the launch floor of the step's kernels allows."""
+    the launch floor of the step's kernels allows; `replicas` vmapped copies of the step run
+    the same kernels on that many times the work."""
     per_image, bound = _roofline_s(row, device)
-    compute_s = row["batch"] * per_image / utilisation
+    compute_s = replicas * row["batch"] * per_image / utilisation
     floor_s = row["kernels"] * LAUNCH_US * 1e-6
-    return {"images_per_s": row["batch"] / max(compute_s, floor_s),
+    return {"images_per_s": replicas * row["batch"] / max(compute_s, floor_s),
             "bound": bound if compute_s >= floor_s else "launch"}
 
 
@@ -134,6 +137,27 @@ def table(rows: list) -> str:
     return "\n".join(lines)
 
 
+def compare(rows: list, summary: str, device: str) -> str:
+    """A line per bench of launch/gpu_check.sh's summary.jsonl: measured against predicted
+    images/s (float32 and bfloat16 runs are both held to the bfloat16 peak)."""
+    costs = {(row["model"], row["mode"]): row for row in rows}
+    header = ["model", "mode", "dtype", "per call", "replicas", "measured img/s",
+              f"predicted at {int(100 * UTILISATIONS[0])}%", "measured / predicted"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for bench in load(summary):
+        if "train_images_per_s" not in bench:
+            continue
+        row = costs.get((bench["model"], bench["mode"]))
+        guess = predict(row, device, UTILISATIONS[0], bench["replicas"]) if row else None
+        measured = bench["train_images_per_s"]
+        lines.append("| " + " | ".join([
+            bench["model"], bench["mode"], bench["dtype"], str(bench["steps_per_call"]),
+            str(bench["replicas"]), f"{measured:,.0f}",
+            f"{guess['images_per_s']:,.0f} ({guess['bound']})" if guess else "no cost row",
+            f"{measured / guess['images_per_s']:.2f}" if guess else ""]) + " |")
+    return "\n".join(lines)
+
+
 def load(path: str) -> list:
     if not os.path.exists(path):
         return []
@@ -146,8 +170,14 @@ def main() -> None:
     parser.add_argument("--results", required=True, help="JSON lines, one row per model/mode")
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--compare", help="a summary.jsonl of launch/gpu_check.sh: measured "
+                        "against predicted, from the rows already in --results")
+    parser.add_argument("--device", default="H200", choices=list(DEVICES))
     args = parser.parse_args()
     rows = load(args.results)
+    if args.compare:
+        print(compare(rows, args.compare, args.device))
+        return
     done = {(row["model"], row["mode"]) for row in rows}
     for name in args.models.split(","):
         for mode in args.modes.split(","):

@@ -1,56 +1,78 @@
 #!/usr/bin/env bash
-# One unattended accelerator check, at most 9.5 minutes on one GPU (9 benches of <= 50 s and 2
-# trainings of <= 50 s): `bnjax bench` (ResNet-20 BN-only and full training, ResNet-110 BN-only)
-# and a short real BN-only training of cifar_resnet_110, each in float32 and bfloat16, plus
-# ResNet-20 BN-only in bfloat16 with 10 steps per compiled call (train.steps_per_call), plus
-# ResNet-14 BN-only as 8 and 64 replicas of one program (vmap; the hyperparameter sweeps'
-# layout on accelerators, docs/PERFORMANCE.md "Replicas").
-# Figures go to $RESULTS (default gpu_results/), one file each, plus summary.jsonl with every
-# bench JSON line and each training's metrics.json.
+# One unattended accelerator check, at most 8 minutes on one GPU (11 benches of <= 35 s and one
+# training of <= 40 s), measuring the rows of docs/PERFORMANCE.md's cost model that fit:
+# `bnjax bench` of ResNet-20/56/110 BN-only in float32 and bfloat16 (ten steps per call, the
+# CIFAR default), ResNet-20 BN-only bfloat16 at one step per call, ResNet-20 all parameters,
+# ResNet-20 BN-only bfloat16 as 4, 16 and 64 replicas of one program (vmap), and a short real
+# BN-only training of ResNet-20 in bfloat16. Figures go to $RESULTS (default gpu_results/): a
+# file per command, summary.jsonl with every bench's JSON line and the training's metrics, and
+# compare.md, measured against the cost model's prediction for an H200 (launch/cost_model.py).
 #
 #   DATA=../shared/data/cifar10-jpeg.tar.gz bash launch/gpu_check.sh
+#   bash launch/gpu_check.sh --dry-run   # on any machine: the commands it would run, no run
 # Needs bnjax installed with a CUDA jax (pip install -e . "jax[cuda12]").
 set -uo pipefail
 cd "$(dirname "$0")/.."
+DRY_RUN=0
+[[ "${1:-}" == "--dry-run" ]] && DRY_RUN=1
 RESULTS=${RESULTS:-gpu_results}
 DATA=${DATA:-../shared/data/cifar10-jpeg.tar.gz}
-TRAIN_SECONDS=${TRAIN_SECONDS:-50}   # each short training is cut off after this long
+BENCH_SECONDS=${BENCH_SECONDS:-35}
+TRAIN_SECONDS=${TRAIN_SECONDS:-40}   # the training is cut off (SIGTERM, a checkpoint) after this
+DEVICE=${DEVICE:-H200}
 mkdir -p "$RESULTS"
 summary="$RESULTS/summary.jsonl"
 : > "$summary"
-date -u +"started %Y-%m-%dT%H:%M:%SZ" | tee "$RESULTS/info.txt"
-(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true) >> "$RESULTS/info.txt"
-python -c "import jax; print(jax.__version__, jax.devices())" >> "$RESULTS/info.txt" 2>&1
 
-bench() {  # name, then bnjax flags
+run() {  # the command, or in a dry run its line in plan.txt
+  if (( DRY_RUN )); then echo "$*" | tee -a "$RESULTS/plan.txt"; return 0; fi
+  "$@"
+}
+
+bench() {  # name, then bnjax bench flags
   local name=$1; shift
-  timeout 50 bnjax bench "$@" > "$RESULTS/bench_$name.txt" 2>"$RESULTS/bench_$name.log" \
+  if (( DRY_RUN )); then run timeout "$BENCH_SECONDS" bnjax bench "$@"; return; fi
+  timeout "$BENCH_SECONDS" bnjax bench "$@" > "$RESULTS/bench_$name.txt" \
+    2> "$RESULTS/bench_$name.log" \
     && tail -n 1 "$RESULTS/bench_$name.txt" >> "$summary" \
     || echo "{\"bench\": \"$name\", \"failed\": true}" >> "$summary"
 }
 
-for dtype in float32 bfloat16; do
-  bench "r20_bn_$dtype" --config=configs/cifar10.py:cifar_resnet_20 --config.model.dtype=$dtype
-  bench "r20_all_$dtype" --config=configs/cifar10.py:cifar_resnet_20 --config.model.dtype=$dtype \
-    --config.train.mode=all
-  bench "r110_bn_$dtype" --config=configs/cifar10.py:cifar_resnet_110 --config.model.dtype=$dtype
+(( DRY_RUN )) && : > "$RESULTS/plan.txt"
+if (( ! DRY_RUN )); then
+  date -u +"started %Y-%m-%dT%H:%M:%SZ" | tee "$RESULTS/info.txt"
+  (nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true) \
+    >> "$RESULTS/info.txt"
+  python -c "import jax; print(jax.__version__, jax.devices())" >> "$RESULTS/info.txt" 2>&1
+fi
+
+for depth in 20 56 110; do
+  for dtype in float32 bfloat16; do
+    bench "r${depth}_bn_$dtype" --config=configs/cifar10.py:cifar_resnet_$depth \
+      --config.model.dtype=$dtype
+  done
 done
-bench "r20_bn_bfloat16_10_per_call" --config=configs/cifar10.py:cifar_resnet_20 \
-  --config.model.dtype=bfloat16 --config.train.steps_per_call=10
-for k in 8 64; do
-  bench "r14_bn_${k}_replicas" --config=configs/cifar10.py:cifar_resnet_14 --replicas=$k
+bench "r20_bn_bfloat16_1_per_call" --config=configs/cifar10.py:cifar_resnet_20 \
+  --config.model.dtype=bfloat16 --config.train.steps_per_call=1
+bench "r20_all_float32" --config=configs/cifar10.py:cifar_resnet_20 --config.train.mode=all
+for k in 4 16 64; do
+  bench "r20_bn_bfloat16_${k}_replicas" --config=configs/cifar10.py:cifar_resnet_20 \
+    --config.model.dtype=bfloat16 --replicas=$k
 done
 
-for dtype in float32 bfloat16; do
-  workdir="$RESULTS/train_r110_bn_$dtype"
-  # 2 epochs with the lr drop after the first; SIGTERM at the time limit saves a checkpoint.
-  timeout -s TERM "$TRAIN_SECONDS" bnjax train --config=configs/cifar10.py:cifar_resnet_110 \
-    --workdir="$workdir" --config.data.source="$DATA" --config.model.dtype=$dtype \
-    --config.train.epochs=2 "--config.train.lr_milestones=(1,)" --config.log.every_steps=20 \
-    > "$RESULTS/train_r110_bn_$dtype.log" 2>&1
-  echo "{\"train\": \"r110_bn_$dtype\", \"exit\": $?}" >> "$summary"
+workdir="$RESULTS/train_r20_bn_bfloat16"
+# 2 epochs with the lr drop after the first; SIGTERM at the time limit saves a checkpoint.
+run timeout -s TERM "$TRAIN_SECONDS" bnjax train --config=configs/cifar10.py:cifar_resnet_20 \
+  --workdir="$workdir" --config.data.source="$DATA" --config.model.dtype=bfloat16 \
+  --config.train.epochs=2 "--config.train.lr_milestones=(1,)" --config.log.every_steps=20 \
+  > "$RESULTS/train_r20_bn_bfloat16.log" 2>&1
+if (( ! DRY_RUN )); then
+  echo "{\"train\": \"r20_bn_bfloat16\", \"exit\": $?}" >> "$summary"
   [ -f "$workdir/metrics.json" ] && python -c "import json,sys; m=json.load(open(sys.argv[1])); \
 m.pop('history'); print(json.dumps(m))" "$workdir/metrics.json" >> "$summary"
   tail -n 3 "$workdir/train_log.jsonl" >> "$summary" 2>/dev/null
-done
-date -u +"finished %Y-%m-%dT%H:%M:%SZ" | tee -a "$RESULTS/info.txt"
+fi
+
+python launch/cost_model.py --results=docs/performance/cost_model.jsonl --compare="$summary" \
+  --device="$DEVICE" > "$RESULTS/compare.md" && cat "$RESULTS/compare.md"
+(( DRY_RUN )) || date -u +"finished %Y-%m-%dT%H:%M:%SZ" | tee -a "$RESULTS/info.txt"

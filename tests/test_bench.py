@@ -47,12 +47,23 @@ def test_bench_times_replicas_in_either_layout(layout, same_seed):
     assert f"2 per call, 3 replicas, {seeds}, {layout}" in bench.render(result)
 
 
-def test_gpu_check_script_is_valid_shell():
+def test_gpu_check_dry_run_plans_the_cost_model_rows(tmp_path):
+    """--dry-run on the CPU: every command the GPU check would run, and the comparison with
+    the cost model (no measurements: the predicted rows only)."""
     script = os.path.join(REPO, "launch", "gpu_check.sh")
-    assert subprocess.run(["bash", "-n", script]).returncode == 0
-    text = open(script).read()
-    assert "bfloat16" in text and "cifar_resnet_110" in text and "summary.jsonl" in text
-    assert "--replicas=$k" in text
+    result = subprocess.run(["bash", script, "--dry-run"], capture_output=True, text=True,
+                            env={**os.environ, "RESULTS": str(tmp_path)}, timeout=120)
+    assert result.returncode == 0, result.stderr
+    plan = open(tmp_path / "plan.txt").read().splitlines()
+    benches = [line for line in plan if " bnjax bench " in line]
+    assert len(benches) == 11 and sum(" bnjax train " in line for line in plan) == 1
+    for depth in (20, 56, 110):
+        for dtype in ("float32", "bfloat16"):
+            assert any(f"cifar_resnet_{depth} --config.model.dtype={dtype}" in line
+                       for line in benches)
+    assert [k for k in (4, 16, 64) if any(f"--replicas={k}" in line for line in benches)] == [
+        4, 16, 64]
+    assert open(tmp_path / "compare.md").readline().startswith("| model | mode | dtype |")
 
 
 def test_xla_cpu_defaults_are_added_and_user_flags_win():
@@ -76,3 +87,27 @@ def test_apply_defaults_sets_flags_that_xla_accepts(tmp_path):
                          env={**__import__("os").environ, "XLA_FLAGS": ""}).stdout
     assert "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution" in out
     assert "--xla_cpu_enable_concurrency_optimized_scheduler=false" in out
+
+
+def test_cost_model_predicts_and_compares(tmp_path):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        "cost_model", os.path.join(REPO, "launch", "cost_model.py"))
+    cost_model = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cost_model)
+    row = {"model": "cifar_resnet_20", "mode": "bn", "batch": 128, "flops_per_image": 1.5e8,
+           "bytes_per_image": 1.6e7, "kernels": 43, "memory_bytes": 1e8}
+    one, many = (cost_model.predict(row, "A100", 0.3, k) for k in (1, 64))
+    # A100 at 30%: bandwidth binds (1.6e7 B / 2e12 B/s > 1.5e8 / 312e12), 128 images a step
+    assert one == {"images_per_s": pytest.approx(0.3 * 2e12 / 1.6e7), "bound": "bw"}
+    assert many["images_per_s"] == pytest.approx(one["images_per_s"])  # no launch floor here
+    tiny = {**row, "flops_per_image": 1e5, "bytes_per_image": 1e3}
+    assert cost_model.predict(tiny, "H200", 0.3)["bound"] == "launch"
+    assert cost_model.replicas_to_fill(tiny, "H200") > 1
+    summary = tmp_path / "summary.jsonl"
+    summary.write_text(json.dumps({"model": "cifar_resnet_20", "mode": "bn", "dtype": "bfloat16",
+                                   "steps_per_call": 10, "replicas": 1,
+                                   "train_images_per_s": 18750.0}) + "\n"
+                       + json.dumps({"bench": "r110_bn_float32", "failed": True}) + "\n")
+    table = cost_model.compare([row], str(summary), "A100").splitlines()
+    assert len(table) == 3 and table[2].endswith("| 0.50 |")
