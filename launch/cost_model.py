@@ -37,7 +37,8 @@ BATCH = 128
 # Datasheet peaks, dense (no sparsity): bfloat16 FLOP/s, HBM bytes/s, memory bytes.
 DEVICES = {"H200": (989e12, 4.8e12, 141e9),
            "A100": (312e12, 2.0e12, 80e9),
-           "TPU v5e": (197e12, 0.82e12, 16e9)}
+           "TPU v5e": (197e12, 0.82e12, 16e9),
+           "TPU v4": (275e12, 1.2e12, 32e9)}  # one chip; a v4-8 slice has four
 UTILISATIONS = (0.30, 0.10)
 LAUNCH_US = 5.0  # an assumed floor per kernel on a GPU: launch and drain of a small kernel
 CIFAR_EPOCH = 50_000
