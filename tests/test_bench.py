@@ -98,16 +98,15 @@ def test_cost_model_predicts_and_compares(tmp_path):
     row = {"model": "cifar_resnet_20", "mode": "bn", "batch": 128, "flops_per_image": 1.5e8,
            "bytes_per_image": 1.6e7, "kernels": 43, "memory_bytes": 1e8}
     one, many = (cost_model.predict(row, "A100", 0.3, k) for k in (1, 64))
-    # A100 at 30%: bandwidth binds (1.6e7 B / 2e12 B/s > 1.5e8 / 312e12), 128 images a step
-    assert one == {"images_per_s": pytest.approx(0.3 * 2e12 / 1.6e7), "bound": "bw"}
-    assert many["images_per_s"] == pytest.approx(one["images_per_s"])  # no launch floor here
-    tiny = {**row, "flops_per_image": 1e5, "bytes_per_image": 1e3}
-    assert cost_model.predict(tiny, "H200", 0.3)["bound"] == "launch"
-    assert cost_model.replicas_to_fill(tiny, "H200") > 1
+    # one step at 30% of an A100: 128 x 1.5e8 / (0.3 x 312e12) = 205 us, under 43 kernels x 5 us
+    assert one == {"images_per_s": pytest.approx(128 / (43 * 5e-6)), "bound": "launch"}
+    assert many == {"images_per_s": pytest.approx(0.3 * 312e12 / 1.5e8), "bound": "flops"}
+    assert cost_model.replicas_to_fill(row, "A100") == 2
+    assert cost_model.replicas_to_fill({**row, "flops_per_image": 1e10}, "A100") == 1
     summary = tmp_path / "summary.jsonl"
     summary.write_text(json.dumps({"model": "cifar_resnet_20", "mode": "bn", "dtype": "bfloat16",
                                    "steps_per_call": 10, "replicas": 1,
-                                   "train_images_per_s": 18750.0}) + "\n"
+                                   "train_images_per_s": 128 / (43 * 5e-6) / 2}) + "\n"
                        + json.dumps({"bench": "r110_bn_float32", "failed": True}) + "\n")
     table = cost_model.compare([row], str(summary), "A100").splitlines()
     assert len(table) == 3 and table[2].endswith("| 0.50 |")
