@@ -4,3 +4,5 @@ Importing bnjax changes nothing in the process. bnjax's own commands set XLA:CPU
 make its steps faster (bnjax.xla_flags); a library user who wants the same calls
 `bnjax.xla_flags.apply_defaults()` before JAX starts a backend.
 """
+
+__version__ = "0.4.0"  # the one place it is written: pyproject.toml reads it from here

@@ -9,6 +9,7 @@ import subprocess
 
 import jax
 
+import bnjax
 from bnjax import initial_weights
 from bnjax.config import flat_fields, from_dict
 from bnjax.errors import CheckpointError
@@ -45,15 +46,8 @@ def code_identity() -> dict:
     in_checkout = git("rev-parse", "--show-toplevel") == os.path.dirname(_PACKAGE)
     commit = git("rev-parse", "HEAD") if in_checkout else None
     dirty = bool(git("status", "--porcelain", "--untracked-files=no")) if commit else None
-    return {"bnjax_version": _installed_version(), "source_sha256": digest.hexdigest(),
+    return {"bnjax_version": bnjax.__version__, "source_sha256": digest.hexdigest(),
             "git_commit": commit, "git_dirty": dirty}
-
-
-def _installed_version() -> str | None:
-    try:
-        return importlib.metadata.version("bnjax")
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 def library_versions() -> dict:

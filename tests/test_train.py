@@ -259,6 +259,21 @@ def test_version_names_the_code():
     assert done.stdout.startswith("bnjax ") and "source sha256 " in done.stdout
 
 
+def test_the_version_is_the_codes_and_the_changelog_names_it():
+    """The version comes from bnjax/__init__.py (pyproject reads it there), so an editable
+    install never reports a stale one; each version has its CHANGELOG section."""
+    import os
+    import re
+
+    import bnjax
+    from bnjax import runinfo
+
+    assert runinfo.code_identity()["bnjax_version"] == bnjax.__version__
+    changelog = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                  "CHANGELOG.md")).read()
+    assert re.findall(r"^## (\S+)", changelog, re.M)[0] == bnjax.__version__
+
+
 def test_two_steps_equal_sgd_with_momentum_and_decay_written_out(tiny_config):
     """PyTorch's SGD: d = g + wd * p; buffer = momentum * buffer + d; p -= lr * buffer."""
     import jax.numpy as jnp
