@@ -22,9 +22,17 @@ declare -A FLAGS=(
   [r14_bn_40]="--config=configs/cifar10.py:cifar_resnet_14 --config.train.epochs=40 --config.train.lr_milestones=(20,30)"
   [r20_bn_160]="--config=configs/cifar10.py:cifar_resnet_20"
   [r32_bn_160]="--config=configs/cifar10.py:cifar_resnet_32"
+  # deeper against wider at equal BatchNorm counts, at the budget curve's 20 epochs (r14_bn_20
+  # is their shared point): ResNet-32 (2,464 BN parameters) against ResNet-14 of width 32
+  # (2,240), ResNet-56 (4,256) against ResNet-14 of width 64 (4,480)
+  [r32_bn_20]="--config=configs/cifar10.py:cifar_resnet_32 --config.train.epochs=20 --config.train.lr_milestones=(10,15)"
+  [r14_32_bn_20]="--config=configs/cifar10.py:cifar_resnet_14_32 --config.train.epochs=20 --config.train.lr_milestones=(10,15)"
+  [r56_bn_20]="--config=configs/cifar10.py:cifar_resnet_56 --config.train.epochs=20 --config.train.lr_milestones=(10,15)"
+  [r14_64_bn_20]="--config=configs/cifar10.py:cifar_resnet_14_64 --config.train.epochs=20 --config.train.lr_milestones=(10,15)"
 )
 # r32 before r20: the paper and the PyTorch reproduction report ResNet-32, not ResNet-20
-ORDER=(r14_bn_160 r14_bn_5 r14_bn_10 r14_bn_20 r14_bn_40 r32_bn_160 r20_bn_160)
+ORDER=(r14_bn_160 r14_bn_5 r14_bn_10 r14_bn_20 r14_bn_40 r32_bn_20 r14_32_bn_20 r32_bn_160
+       r56_bn_20 r14_64_bn_20 r20_bn_160)
 
 if [[ "${1:-}" == "--list" ]]; then
   for name in "${ORDER[@]}"; do echo "$name: ${FLAGS[$name]} ${COMMON[*]}"; done
