@@ -36,6 +36,14 @@ def _stage(path: str) -> str:
     return next(group for group in match.groups() if group) if match else "stem"
 
 
+def _by_stage(gamma_by_layer: dict) -> dict:
+    """{stage: every gamma of its layers}."""
+    stages: dict = {}
+    for path, values in gamma_by_layer.items():
+        stages.setdefault(_stage(path), []).append(np.asarray(values))
+    return {stage: np.concatenate(values) for stage, values in stages.items()}
+
+
 def gammas(params) -> dict:
     """{BatchNorm module path: gamma vector}."""
     return {path[: -len("/scale")]: np.asarray(value)
@@ -45,15 +53,11 @@ def gammas(params) -> dict:
 
 def gamma_statistics(gamma_by_layer: dict) -> dict:
     every = np.concatenate(list(gamma_by_layer.values()))
-    by_stage = {}
-    for path, values in gamma_by_layer.items():
-        by_stage.setdefault(_stage(path), []).append(values)
     result = {"count": int(every.size),
               "fraction_abs_below_0.01": float(np.mean(np.abs(every) < SMALL_GAMMA)),
               "fraction_negative": float(np.mean(every < 0)),
               "by_stage": {}}
-    for stage, parts in sorted(by_stage.items()):
-        values = np.concatenate(parts)
+    for stage, values in sorted(_by_stage(gamma_by_layer).items()):
         result["by_stage"][stage] = {"count": int(values.size),
                                      "fraction_abs_below_0.01":
                                          float(np.mean(np.abs(values) < SMALL_GAMMA))}
@@ -134,14 +138,6 @@ def analyze(trained, data_source: str | None = None) -> dict:
                                           test, config.eval.batch_size),
             "ablation": ablation,
             "_gammas": {k: v.tolist() for k, v in gamma_by_layer.items()}}
-
-
-def _by_stage(gamma_by_layer: dict) -> dict:
-    """{stage: every gamma of its layers}."""
-    stages: dict = {}
-    for path, values in gamma_by_layer.items():
-        stages.setdefault(_stage(path), []).append(np.asarray(values))
-    return {stage: np.concatenate(values) for stage, values in stages.items()}
 
 
 def _other_norm(result: dict) -> str | None:

@@ -96,6 +96,10 @@ def accuracy_vs_field(rows: list[dict], field: str, path: str) -> None:
         axis.legend(fontsize=8)
 
 
+def _tick(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def heatmap(rows: list[dict], x_field: str, y_field: str, path: str, title: str = "") -> None:
     """Test accuracy over two fields, a cell per pair of values ('div.' where the run
     diverged); seeds averaged."""
@@ -122,10 +126,8 @@ def heatmap(rows: list[dict], x_field: str, y_field: str, path: str, title: str 
                 color = "0.5" if not np.isfinite(values[i, j]) else \
                     "black" if values[i, j] > middle else "white"
                 axis.text(j, i, labels[i][j], ha="center", va="center", color=color)
-        axis.set_xticks(range(len(xs)), [f"{x:g}" if isinstance(x, float) else str(x)
-                                         for x in xs])
-        axis.set_yticks(range(len(ys)), [f"{y:g}" if isinstance(y, float) else str(y)
-                                         for y in ys])
+        axis.set_xticks(range(len(xs)), [_tick(x) for x in xs])
+        axis.set_yticks(range(len(ys)), [_tick(y) for y in ys])
         axis.set(xlabel=x_field, ylabel=y_field)
         axis.set_title(title or "test accuracy (%)", fontsize=10)
         figure.colorbar(image, ax=axis)

@@ -128,9 +128,10 @@ def aggregate(root: str) -> list[dict]:
         raise ConfigError(f"{root} holds no finished runs (no */metrics.json)")
     tables.write_csv(rows, os.path.join(root, "results.csv"))
     pivot = results.by_mode(rows)
+    pivot_adds = results.pivot_adds(pivot)
     with open(os.path.join(root, "results.md"), "w") as f:
         f.write(tables.results_table(rows))
-        if results.pivot_adds(pivot):
+        if pivot_adds:
             f.write("\nTest accuracy (%) by training mode:\n\n" + tables.pivot_table(pivot))
     written = ["results.csv", "results.md"]
     done = results.finished(rows)
@@ -140,7 +141,7 @@ def aggregate(root: str) -> list[dict]:
                 "heatmap": f"accuracy_{'_x_'.join(arguments)}"}.get(kind, kind)
         written.append(f"{name}.png")
         getattr(figures, kind)(done, *arguments, os.path.join(root, written[-1]))
-    if results.pivot_adds(pivot):
+    if pivot_adds:
         written.append("accuracy_by_mode.png")
         figures.accuracy_by_mode(pivot, os.path.join(root, written[-1]))
     logging.info("wrote %s in %s", ", ".join(written), root)
