@@ -1,6 +1,7 @@
 """The figures of bnjax's results: accuracy against trainable parameters (the paper's shape),
 against one numeric field, as a heat map over two, bars by training mode, and the gamma
-histograms and ablation curves of `bnjax analyze`. Each function draws one PNG."""
+histograms and ablation curves of `bnjax analyze`, and deeper against wider networks. Each
+drawing function draws one PNG."""
 from __future__ import annotations
 
 import contextlib
@@ -200,5 +201,49 @@ def ablation_curves(series: list[tuple[str, list]], path: str) -> None:
                       [100 * a["test_accuracy"] for a in points], marker="o", label=label)
         axis.set(xlabel="gammas set to zero, smallest |gamma| first (%)",
                  ylabel="test accuracy (%)")
+        axis.grid(alpha=0.3)
+        axis.legend()
+
+
+def depth_and_width_lines(rows: list[dict]) -> list[tuple[str, list[dict]]]:
+    """[(label, rows by BatchNorm parameters)] for the CIFAR ResNets of the narrowest width
+    (depth varies) and those of the smallest depth (width varies); the network they share is
+    on both."""
+    from bnjax.models import parse_name
+
+    specs = {r["model"]: parse_name(r["model"]) for r in rows}
+    narrowest = min(spec.width for spec in specs.values())
+    shallowest = min(spec.depth for spec in specs.values())
+    by_params = sorted(rows, key=lambda r: r["trainable_params"])
+    return [(f"deeper (width {narrowest})",
+             [r for r in by_params if specs[r["model"]].width == narrowest]),
+            (f"wider (ResNet-{shallowest})",
+             [r for r in by_params if specs[r["model"]].depth == shallowest])]
+
+
+def depth_against_width(rows: list[dict], path: str, title: str = "") -> None:
+    """The paper's deeper-against-wider figure: test accuracy against BatchNorm parameters,
+    a line each of depth_and_width_lines, every point named. rows: model, trainable_params,
+    test_accuracy."""
+    from bnjax.models import parse_name
+
+    named = set()
+    with _figure(path, (6.4, 4.4)) as figure:
+        axis = figure.add_subplot()
+        for (label, members), style, below in zip(depth_and_width_lines(rows), ("o-", "s--"),
+                                                  (False, True)):
+            axis.plot([r["trainable_params"] for r in members],
+                      [100 * r["test_accuracy"] for r in members], style, label=label)
+            for r in members:
+                if r["model"] in named:
+                    continue
+                named.add(r["model"])
+                spec = parse_name(r["model"])
+                name = f"ResNet-{spec.depth}" + (f"-{spec.width}" if spec.width != 16 else "")
+                axis.annotate(name, (r["trainable_params"], 100 * r["test_accuracy"]),
+                              textcoords="offset points", xytext=(4, -12 if below else 6),
+                              fontsize=8)
+        axis.set(xlabel="BatchNorm parameters (trainable)", ylabel="test accuracy (%)")
+        axis.set_title(title or "BN only: deeper against wider", fontsize=10)
         axis.grid(alpha=0.3)
         axis.legend()

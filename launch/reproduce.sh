@@ -24,7 +24,8 @@ declare -A FLAGS=(
   [r32_bn_160]="--config=configs/cifar10.py:cifar_resnet_32"
   # deeper against wider at equal BatchNorm counts, at the budget curve's 20 epochs (r14_bn_20
   # is their shared point): ResNet-32 (2,464 BN parameters) against ResNet-14 of width 32
-  # (2,240), ResNet-56 (4,256) against ResNet-14 of width 64 (4,480)
+  # (2,240), ResNet-56 (4,256) against ResNet-14 of width 64 (4,480); plotted and tabled by
+  # launch/depth_width.py
   [r32_bn_20]="--config=configs/cifar10.py:cifar_resnet_32 --config.train.epochs=20 --config.train.lr_milestones=(10,15)"
   [r14_32_bn_20]="--config=configs/cifar10.py:cifar_resnet_14_32 --config.train.epochs=20 --config.train.lr_milestones=(10,15)"
   [r56_bn_20]="--config=configs/cifar10.py:cifar_resnet_56 --config.train.epochs=20 --config.train.lr_milestones=(10,15)"

@@ -1,6 +1,10 @@
-"""The launch scripts' --dry-run output: the commands they would run."""
+"""The launch scripts: the commands their --dry-run prints, and the study scripts' readers."""
+import json
 import os
 import subprocess
+import sys
+
+from bnjax import figures
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = ["--", "--config=configs/cifar10.py", "--workdir=runs/r20"]
@@ -88,3 +92,43 @@ def test_hyperparameter_screen_lists_its_points_and_refuses_unknown_ones():
     assert "bnjax sweep --grid=train.optimizer=adam;train.lr=0.001,0.01,0.03 --replicas=3" in adam
     unknown = launch("hyperparameter_screen.sh", "sgd_lr42")
     assert unknown.returncode == 2 and "unknown point 'sgd_lr42'" in unknown.stderr
+
+
+def test_depth_width_reads_runs_then_shipped_files_and_draws_both_lines(tmp_path):
+    sys.path.insert(0, os.path.join(REPO, "launch"))
+    try:
+        import depth_width
+    finally:
+        sys.path.pop(0)
+
+    def metrics(model, params, accuracy):
+        return {"model": model, "trainable_params": params, "test_accuracy": accuracy,
+                "wall_time_s": 3600.0, "train_images_per_s": 400.0}
+
+    runs, shipped = tmp_path / "runs", tmp_path / "shipped"
+    (runs / "r32_bn_20").mkdir(parents=True)
+    shipped.mkdir()
+    (runs / "r32_bn_20" / "metrics.json").write_text(
+        json.dumps(metrics("cifar_resnet_32", 2464, 0.47)))
+    (shipped / "r14_bn_20.metrics.json").write_text(
+        json.dumps(metrics("cifar_resnet_14", 1120, 0.4368)))
+    (shipped / "r14_32_bn_20.metrics.json").write_text(
+        json.dumps(metrics("cifar_resnet_14_32", 2240, 0.45)))
+    # a run folder wins over a shipped file of the same name
+    (shipped / "r32_bn_20.metrics.json").write_text(
+        json.dumps(metrics("cifar_resnet_32", 2464, 0.10)))
+    rows, missing = depth_width.load(str(runs), str(shipped))
+    assert [r["run"] for r in rows] == ["r14_bn_20", "r32_bn_20", "r14_32_bn_20"]
+    assert missing == ["r56_bn_20", "r14_64_bn_20"]
+    assert rows[1]["test_accuracy"] == 0.47
+    lines = depth_width.table(rows).splitlines()
+    assert lines[2].startswith("| cifar_resnet_14 | 14 | 16 | 1,120 | 43.68 |")
+    assert lines[3].startswith("| cifar_resnet_14_32 | 14 | 32 | 2,240 | 45.00 |")
+    assert lines[4].startswith("| cifar_resnet_32 | 32 | 16 | 2,464 | 47.00 |")
+    (deeper, by_depth), (wider, by_width) = figures.depth_and_width_lines(rows)
+    assert (deeper, wider) == ("deeper (width 16)", "wider (ResNet-14)")
+    assert [r["model"] for r in by_depth] == ["cifar_resnet_14", "cifar_resnet_32"]
+    assert [r["model"] for r in by_width] == ["cifar_resnet_14", "cifar_resnet_14_32"]
+    out = tmp_path / "depth_width.png"
+    figures.depth_against_width(rows, str(out))
+    assert out.stat().st_size > 10_000

@@ -1,0 +1,74 @@
+"""Deeper against wider at equal BatchNorm counts (docs/REPRODUCTION.md): the 20-epoch BN-only
+runs of launch/reproduce.sh, drawn as accuracy against BatchNorm parameters with one line for
+depth and one for width (the paper's Figure 3 shape), and printed as a markdown table.
+
+    python launch/depth_width.py --runs=~/bnjax-runs/reproduction \
+      --out=docs/reproduction/depth_width.png
+
+A run is read from --runs/<name>/metrics.json, or, where that folder is not on this machine,
+from the shipped docs/reproduction/<name>.metrics.json; runs found in neither are left out and
+named.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from bnjax import figures, tables
+from bnjax.models import parse_name
+
+# ResNet-14 is the shared point; ResNet-32 (2,464 BN parameters) against ResNet-14 of width 32
+# (2,240); ResNet-56 (4,256) against ResNet-14 of width 64 (4,480)
+RUNS = ("r14_bn_20", "r32_bn_20", "r56_bn_20", "r14_32_bn_20", "r14_64_bn_20")
+SHIPPED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                       "docs", "reproduction")
+
+
+def load(runs: str, shipped: str = SHIPPED) -> tuple[list[dict], list[str]]:
+    """([metrics.json with 'run' and 'source' added] of the runs found, [names not found])."""
+    found, missing = [], []
+    for name in RUNS:
+        for path in (os.path.join(runs, name, "metrics.json"),
+                     os.path.join(shipped, f"{name}.metrics.json")):
+            if os.path.exists(path):
+                with open(path) as f:
+                    found.append({**json.load(f), "run": name, "source": path})
+                break
+        else:
+            missing.append(name)
+    return found, missing
+
+
+def table(rows: list[dict]) -> str:
+    ordered = sorted(rows, key=lambda r: (r["trainable_params"], r["model"]))
+    body = []
+    for r in ordered:
+        spec = parse_name(r["model"])
+        body.append([r["model"], str(spec.depth), str(spec.width), f"{r['trainable_params']:,}",
+                     f"{100 * r['test_accuracy']:.2f}", f"{r['wall_time_s'] / 3600:.2f} h",
+                     f"{r['train_images_per_s']:.0f}", r["run"]])
+    return tables.markdown(["network", "depth", "width", "BN parameters", "test accuracy (%)",
+                            "wall time", "img/s", "run"], body)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", default=os.path.expanduser("~/bnjax-runs/reproduction"))
+    parser.add_argument("--out", default="docs/reproduction/depth_width.png")
+    args = parser.parse_args()
+    rows, missing = load(os.path.expanduser(args.runs))
+    if len(rows) < 2:
+        raise SystemExit(f"need at least two finished runs of {', '.join(RUNS)} under "
+                         f"{args.runs} (or shipped in {SHIPPED}); found {len(rows)}. Run them "
+                         "with launch/reproduce.sh first.")
+    figures.depth_against_width(rows, args.out,
+                                "BN only, 20 epochs (lr /10 at 10 and 15), seed 0")
+    print(table(rows))
+    if missing:
+        print(f"\nnot finished yet: {', '.join(missing)}")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
