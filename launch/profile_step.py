@@ -4,7 +4,8 @@
 
 Prints the median ms of the forward pass, the BN-only gradient and the full gradient (the A/B
 figures in docs/PERFORMANCE.md); with --profile, the XLA ops that took the most time in three
-BN-only gradients, from a jax.profiler trace. XLA's own (Eigen) convolutions appear in the trace
+BN-only gradients, from a jax.profiler trace, as wall time (the busiest worker thread's share)
+and as time summed over threads. XLA's own (Eigen) convolutions appear in the trace
 only as begin/end markers, so they are not in that list: the gradient's time minus the list's
 total is roughly theirs.
 """
@@ -73,12 +74,19 @@ def main():
             path = glob.glob(f"{folder}/**/*.trace.json.gz", recursive=True)[0]
             events = json.load(gzip.open(path))
         events = events["traceEvents"] if isinstance(events, dict) else events
-        per_op = collections.Counter()
+        # A fusion runs split over XLA:CPU's worker threads at once: its wall time is about
+        # the busiest thread's share, not the sum over threads.
+        per_op = collections.defaultdict(collections.Counter)
         for event in events:
             if event.get("ph") == "X" and re.search(r"fusion|convolution|dot", event["name"]):
-                per_op[re.sub(r"\.\d+$", "", event["name"])] += event["dur"] / 3000
-        for name, ms in per_op.most_common(12):
-            print(f"  {ms:7.1f} ms per step  {name}")
+                name = re.sub(r"\.\d+$", "", event["name"])
+                per_op[name][event["tid"]] += event["dur"] / 3000
+        walls = {name: max(threads.values()) for name, threads in per_op.items()}
+        print("  wall ms  thread ms  per BN-only gradient, traced XLA ops")
+        for name, wall in sorted(walls.items(), key=lambda item: -item[1])[:12]:
+            print(f"  {wall:7.1f}  {sum(per_op[name].values()):9.1f}  {name}")
+        print(f"  {sum(walls.values()):7.1f}  traced ops in all; the rest of the gradient's time "
+              "is mostly XLA's own (Eigen) convolutions, which the trace does not show")
 
 
 if __name__ == "__main__":
