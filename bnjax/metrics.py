@@ -5,14 +5,30 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 import time
 
 import jax
 import numpy as np
 from absl import logging
-from tensorboardX import SummaryWriter
 
 from bnjax.files import keep_log_lines_up_to
+
+
+def summary_writer(logdir: str, purge_step: int | None):
+    """tensorboardX's SummaryWriter, imported without PyTorch. Where torch is installed,
+    tensorboardX imports it only to accept torch tensors as values, which bnjax never passes,
+    at a cost of 1.5 s and 190 MB in every process (docs/PERFORMANCE.md); a torch that is
+    already imported is left as it is, and `import torch` works as usual afterwards."""
+    torch_was_imported = "torch" in sys.modules
+    if not torch_was_imported:
+        sys.modules["torch"] = None  # `import torch` raises ImportError while this stands
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        if not torch_was_imported:
+            del sys.modules["torch"]
+    return SummaryWriter(logdir, purge_step=purge_step)
 
 
 def format_duration(seconds: float) -> str:
@@ -137,8 +153,8 @@ class Reporter:
         if chief:
             keep_log_lines_up_to(self.train_log, start_step)
             # purge_step hides TensorBoard events a crashed attempt wrote past the checkpoint
-            self.tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"),
-                                             purge_step=start_step + 1 if start_step else None)
+            self.tensorboard = summary_writer(os.path.join(workdir, "tensorboard"),
+                                              start_step + 1 if start_step else None)
         self.started = time.time()
 
     def scalars(self, step: int, group: str, values: dict) -> None:

@@ -1,8 +1,10 @@
 """The house drawn from bnjax's imports: no import runs back up (the graph, function-level
 imports included, has no cycle), plotting lives in bnjax/figures.py, and no large module mixes
-parsing, reporting and plotting."""
+parsing, reporting and plotting; and a run does not pull PyTorch in through TensorBoard."""
 import ast
 import os
+import subprocess
+import sys
 
 PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bnjax")
 LARGE = 300  # lines
@@ -97,3 +99,27 @@ def test_plotting_lives_in_figures_and_no_large_module_mixes_jobs():
         lines = sum(1 for _ in open(path))
         jobs = _jobs(graph[name])
         assert lines <= LARGE or len(jobs) <= 1, f"{name}: {lines} lines doing {sorted(jobs)}"
+
+
+def test_the_tensorboard_writer_leaves_torch_unimported(tmp_path):
+    """tensorboardX imports torch whenever it is installed (1.5 s, 190 MB); bnjax's writer
+    keeps it out, and `import torch` still works afterwards. A stand-in torch package records
+    each import of it."""
+    fake = tmp_path / "site" / "torch"
+    fake.mkdir(parents=True)
+    marker = tmp_path / "torch_imported"
+    (fake / "__init__.py").write_text(f"open({str(marker)!r}, 'a').write('x')\nSTAND_IN = True\n")
+    script = f"""
+import os, sys
+from bnjax.metrics import summary_writer
+summary_writer({str(tmp_path / 'tb')!r}, None).close()
+assert "torch" not in sys.modules and not os.path.exists({str(marker)!r})
+import torch
+assert torch.STAND_IN
+"""
+    environment = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
+    result = subprocess.run([sys.executable, "-c", script], env=environment,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert marker.read_text() == "x"
+    assert os.listdir(tmp_path / "tb")  # the event file
