@@ -90,7 +90,8 @@ def run_bench(config, warmup: int = 3, steps: int = 20, replicas: int = 1,
         holder["state"], metrics = engine.run_call(holder["state"], call_steps, images, targets)
         return metrics
 
-    calls = max(-(-steps // per_call), 3)
+    # at least five timed calls: a median of fewer swings with one slow call on a busy host
+    calls = max(-(-steps // per_call), 5)
     images_per_call = batch * per_call * replicas
     compile_s, train_rate = _median_rate(one_train_call, images_per_call, warmup, calls)
     # As the training loop runs: calls dispatched back to back, one wait at the end, so the
