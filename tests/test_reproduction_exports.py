@@ -1,5 +1,6 @@
-"""The seed-plus-BN promise end to end: every export committed in docs/reproduction/ and
-docs/norms/ evaluates, from its seed and a few kilobytes, to the test accuracy its run recorded.
+"""The seed-plus-BN promise end to end: every export committed in docs/reproduction/,
+docs/norms/ and docs/hyperparameters/ evaluates, from its seed and a few kilobytes, to the
+test accuracy its run recorded.
 
 Exactly on a machine like the one that trained it; another CPU type rounds the convolutions
 differently and may flip a near-tie, so up to 2 of the 10,000 test images may differ.
@@ -14,8 +15,8 @@ from bnjax import trained
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CIFAR10 = os.path.join(REPO, "..", "shared", "data", "cifar10-jpeg.tar.gz")
-EXPORTS = sorted(glob.glob(os.path.join(REPO, "docs", "reproduction", "*.bnjax"))
-                 + glob.glob(os.path.join(REPO, "docs", "norms", "*.bnjax")))
+EXPORTS = sorted(path for folder in ("reproduction", "norms", "hyperparameters")
+                 for path in glob.glob(os.path.join(REPO, "docs", folder, "*.bnjax")))
 TOLERATED_FLIPS = 2
 
 
