@@ -88,3 +88,22 @@ def write_ablation_csv(results: list[dict], path: str) -> None:
             for a in r["ablation"]:
                 writer.writerow([r["model"], r.get("norm", "batchnorm"), r["mode"], r["seed"],
                                  a["fraction_zeroed"], a["test_accuracy"]])
+
+
+def epochs_table(rows: list[dict], histories: dict) -> str:
+    """A line per run (results_table's order) with its test accuracy after every epoch, the
+    last in bold: histories = {run name: metrics.json's history}."""
+    ordered = sorted(rows, key=lambda r: (model_order(r["model"]), _mode_order(r["mode"]),
+                                          r["seed"]))
+    epochs = max(len(histories[r["run"]]) for r in ordered)
+    header = ["model", "mode", "trainable params",
+              *(f"epoch {e}" if e < epochs else f"epoch {e} (final)"
+                for e in range(1, epochs + 1))]
+    body = []
+    for r in ordered:
+        accuracies = [f"{100 * h['test_accuracy']:.2f}" for h in histories[r["run"]]]
+        if accuracies:
+            accuracies[-1] = f"**{accuracies[-1]}**"
+        body.append([r["model"], r["mode"], f"{r['trainable_params']:,}",
+                     *accuracies, *[""] * (epochs - len(accuracies))])
+    return markdown(header, body)

@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from bnjax import figures, results, sweep
+from bnjax import figures, results, sweep, tables
 from bnjax import grid as grid_lib
 from bnjax.config import base_config
 from bnjax.errors import ConfigError
@@ -260,3 +260,34 @@ def test_a_sweep_over_models_draws_accuracy_against_trainable_parameters(tmp_pat
     rows = sweep.aggregate(root)
     assert figures.choose(rows) == ("accuracy_vs_trainable", ())
     assert os.path.getsize(os.path.join(root, "accuracy_vs_trainable.png")) > 0
+
+
+def test_the_epochs_table_lists_each_runs_accuracy_after_every_epoch(tmp_path):
+    """launch/epoch_table.py's table: runs by model then mode, one column per epoch, the last
+    in bold; a run with fewer epochs leaves its cells blank."""
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "launch"))
+    try:
+        import epoch_table
+    finally:
+        sys.path.pop(0)
+    root = str(tmp_path)
+    for model, mode, curve in (("cifar_resnet_20", "bn", (0.31, 0.37, 0.40)),
+                               ("cifar_resnet_14", "none", (0.11, 0.12)),
+                               ("cifar_resnet_14", "bn", (0.29, 0.37, 0.383))):
+        config = base_config()
+        config.model.name, config.train.mode = model, mode
+        name = f"model.name={model}__train.mode={mode}"
+        _finished_run(root, name, config, curve[-1])
+        path = os.path.join(root, name, "metrics.json")
+        metrics = json.load(open(path))
+        metrics["history"] = [{"epoch": e + 1, "test_accuracy": a} for e, a in enumerate(curve)]
+        json.dump(metrics, open(path, "w"))
+    rows = results.collect(root)
+    table = tables.epochs_table(rows, epoch_table.histories(root, rows)).splitlines()
+    assert table[0] == ("| model | mode | trainable params | epoch 1 | epoch 2 | "
+                        "epoch 3 (final) |")
+    assert table[2:] == ["| cifar_resnet_14 | bn | 1,120 | 29.00 | 37.00 | **38.30** |",
+                         "| cifar_resnet_14 | none | 1,120 | 11.00 | **12.00** |  |",
+                         "| cifar_resnet_20 | bn | 1,120 | 31.00 | 37.00 | **40.00** |"]
