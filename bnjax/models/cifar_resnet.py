@@ -10,27 +10,7 @@ from typing import Any
 import jax.numpy as jnp
 from flax import linen as nn
 
-from bnjax.models.layers import conv_and_norm
-from bnjax.models.initializers import TorchBias, kaiming_normal
-
-
-class BasicBlock(nn.Module):
-    features: int
-    stride: int
-    conv: Any
-    norm: Any
-
-    @nn.compact
-    def __call__(self, x):
-        y = self.conv(self.features, (3, 3), (self.stride, self.stride),
-                      padding=((1, 1), (1, 1)), name="conv1")(x)
-        y = self.norm(name="bn1")(y, relu=True)
-        y = self.conv(self.features, (3, 3), padding=((1, 1), (1, 1)), name="conv2")(y)
-        if self.stride != 1 or x.shape[-1] != self.features:
-            x = self.conv(self.features, (1, 1), (self.stride, self.stride), padding="VALID",
-                          name="shortcut_conv")(x)
-            x = self.norm(name="shortcut_bn")(x)
-        return self.norm(name="bn2")(y, residual=x, relu=True)
+from bnjax.models.layers import BasicBlock, classifier, conv_and_norm
 
 
 class CifarResNet(nn.Module):
@@ -52,8 +32,4 @@ class CifarResNet(nn.Module):
                 stride = 2 if stage > 0 and block == 0 else 1
                 x = BasicBlock(features, stride, conv, norm,
                                name=f"stage{stage + 1}_block{block}")(x)
-        x = jnp.mean(x, axis=(1, 2))
-        fan_in = x.shape[-1]
-        x = nn.Dense(self.num_classes, kernel_init=kaiming_normal,
-                     bias_init=TorchBias(fan_in), dtype=self.dtype, name="fc")(x)
-        return x.astype(jnp.promote_types(x.dtype, jnp.float32))  # float32 logits from bf16
+        return classifier(jnp.mean(x, axis=(1, 2)), self.num_classes, self.dtype)

@@ -10,8 +10,7 @@ from typing import Any
 import jax.numpy as jnp
 from flax import linen as nn
 
-from bnjax.models.layers import conv_and_norm
-from bnjax.models.initializers import TorchBias, kaiming_normal
+from bnjax.models.layers import classifier, conv_and_norm
 
 PLANS = {
     11: (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512),
@@ -53,6 +52,4 @@ class CifarVGG(nn.Module):
                 x = ConvLayer(spec, conv, norm, name=f"layer{layer}")(x)
                 layer += 1
         x = nn.avg_pool(x, (2, 2), (2, 2)).reshape(x.shape[0], -1)
-        x = nn.Dense(self.num_classes, kernel_init=kaiming_normal,
-                     bias_init=TorchBias(x.shape[-1]), dtype=self.dtype, name="fc")(x)
-        return x.astype(jnp.promote_types(x.dtype, jnp.float32))  # float32 logits from bf16
+        return classifier(x, self.num_classes, self.dtype)
