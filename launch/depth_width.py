@@ -26,14 +26,14 @@ SHIPPED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def load(runs: str, shipped: str = SHIPPED) -> tuple[list[dict], list[str]]:
-    """([metrics.json with 'run' and 'source' added] of the runs found, [names not found])."""
+    """([metrics.json with 'run' added] of the runs found, [names not found])."""
     found, missing = [], []
     for name in RUNS:
         for path in (os.path.join(runs, name, "metrics.json"),
                      os.path.join(shipped, f"{name}.metrics.json")):
             if os.path.exists(path):
                 with open(path) as f:
-                    found.append({**json.load(f), "run": name, "source": path})
+                    found.append({**json.load(f), "run": name})
                 break
         else:
             missing.append(name)

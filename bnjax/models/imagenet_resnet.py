@@ -10,14 +10,11 @@ from typing import Any
 import jax.numpy as jnp
 from flax import linen as nn
 
-from bnjax.models.layers import BasicBlock, classifier, conv_and_norm, shortcut
+from bnjax.models.layers import (BasicBlock, classifier, conv_and_norm, same_padding,
+                                 shortcut)
 
 STAGE_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3),
                 152: (3, 8, 36, 3), 200: (3, 24, 36, 3)}
-
-
-def _same(kernel: int):
-    return ((kernel // 2, kernel // 2),) * 2
 
 
 class Bottleneck(nn.Module):
@@ -30,7 +27,8 @@ class Bottleneck(nn.Module):
     def __call__(self, x):
         y = self.conv(self.features, (1, 1), padding="VALID", name="conv1")(x)
         y = self.norm(name="bn1")(y, relu=True)
-        y = self.conv(self.features, (3, 3), (self.stride,) * 2, padding=_same(3), name="conv2")(y)
+        y = self.conv(self.features, (3, 3), (self.stride,) * 2, padding=same_padding(3),
+                      name="conv2")(y)
         y = self.norm(name="bn2")(y, relu=True)
         y = self.conv(4 * self.features, (1, 1), padding="VALID", name="conv3")(y)
         return self.norm(name="bn3")(y, residual=shortcut(self, x, 4 * self.features), relu=True)
@@ -48,9 +46,9 @@ class ImagenetResNet(nn.Module):
         conv, norm = conv_and_norm(train, self.bn_init, self.dtype, self.norm)
         block_type = BasicBlock if self.depth < 50 else Bottleneck
         x = x.astype(self.dtype)
-        x = conv(64, (7, 7), (2, 2), padding=_same(7), name="conv")(x)
+        x = conv(64, (7, 7), (2, 2), padding=same_padding(7), name="conv")(x)
         x = norm(name="bn")(x, relu=True)
-        x = nn.max_pool(x, (3, 3), (2, 2), padding=_same(3))
+        x = nn.max_pool(x, (3, 3), (2, 2), padding=same_padding(3))
         for stage, blocks in enumerate(STAGE_BLOCKS[self.depth]):
             for block in range(blocks):
                 stride = 2 if stage > 0 and block == 0 else 1

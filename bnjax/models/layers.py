@@ -35,6 +35,12 @@ def conv_and_norm(train: bool, bn_init: str, dtype, norm: str = "batchnorm"):
     return conv, functools.partial(GroupNorm, groups=groups, epsilon=BN_EPSILON, **affine)
 
 
+def same_padding(kernel: int) -> tuple:
+    """Explicit padding that keeps a stride-1 convolution's size (PyTorch's kernel // 2 on
+    each side), so strided convolutions match PyTorch's."""
+    return ((kernel // 2, kernel // 2),) * 2
+
+
 class BasicBlock(nn.Module):
     """Two 3x3 conv + norm layers (the first strided) and the shortcut, added before the last
     ReLU: the CIFAR ResNets' block and torchvision's BasicBlock."""
@@ -45,7 +51,7 @@ class BasicBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        same = ((1, 1), (1, 1))
+        same = same_padding(3)
         y = self.conv(self.features, (3, 3), (self.stride,) * 2, padding=same, name="conv1")(x)
         y = self.norm(name="bn1")(y, relu=True)
         y = self.conv(self.features, (3, 3), padding=same, name="conv2")(y)
