@@ -184,9 +184,12 @@ def gamma_histograms(series: list[tuple[str, dict]], path: str) -> None:
         for index, panel in enumerate(panels, 1):
             axis = figure.add_subplot(1, len(panels), index)
             for label, by_stage in series:
-                values = np.concatenate([np.asarray(v) for stage, v in by_stage.items()
-                                         if panel in ("overall", stage)])
-                axis.hist(values, bins=60, alpha=0.55, label=label)
+                # networks of different families name their stages differently (a VGG's
+                # are not a ResNet's): a series appears only in the panels it has gammas for
+                values = [np.asarray(v) for stage, v in by_stage.items()
+                          if panel in ("overall", stage)]
+                if values:
+                    axis.hist(np.concatenate(values), bins=60, alpha=0.55, label=label)
             axis.set(title=f"gamma, {panel}", xlabel="gamma")
             axis.legend(fontsize=7)
 

@@ -114,3 +114,15 @@ def test_ablation_csv_tells_runs_of_one_model_apart_by_norm(tmp_path):
     assert lines == ["model,norm,mode,seed,fraction_zeroed,test_accuracy",
                      "cifar_resnet_14,batchnorm,bn,0,0.0,0.35",
                      "cifar_resnet_14,affine,bn,0,0.0,0.3"]
+
+
+def test_histograms_compare_networks_whose_stages_differ(tmp_path):
+    """A ResNet (stem, stage1) beside a VGG (layer0, layer1): each panel draws the networks
+    that have gammas there, the overall panel both."""
+    from bnjax import figures
+
+    resnet = {"stem": np.linspace(-1, 1, 16), "stage1": np.linspace(0, 2, 32)}
+    vgg = {"layer0": np.linspace(-0.5, 1, 64), "layer1": np.linspace(0, 1, 128)}
+    path = str(tmp_path / "gamma_histograms.png")
+    figures.gamma_histograms([("cifar_resnet_8 bn", resnet), ("cifar_vgg_11 bn", vgg)], path)
+    assert os.path.getsize(path) > 0
