@@ -28,6 +28,8 @@ from bnjax.step import evaluate, make_eval_step, make_mesh, replicate
 
 SMALL_GAMMA = 0.01
 ABLATION_FRACTIONS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5)
+# the training fields that name a run beside its model and mode when two analysed runs share those
+RECIPE_FIELDS = ("optimizer", "lr", "weight_decay", "epochs")
 
 
 def _stage(path: str) -> str:
@@ -132,6 +134,7 @@ def analyze(trained, data_source: str | None = None) -> dict:
     gamma_by_layer = gammas(params)
     return {"model": config.model.name, "norm": config.model.norm, "mode": config.train.mode,
             "seed": config.seed,
+            "recipe": {field: config.train[field] for field in RECIPE_FIELDS},
             "step": trained.description.get("step"),
             "gamma": gamma_statistics(gamma_by_layer),
             "disabled": disabled_channels(model, {"params": params, "batch_stats": batch_stats},
@@ -150,9 +153,27 @@ def _label(result: dict) -> str:
     return f"{result['model']}{norm} {result['mode']}"
 
 
+def labels(results: list[dict]) -> list[str]:
+    """A name per result: model, normalisation and mode, and where two results share those,
+    the recipe fields and seed that tell them apart (e.g. "cifar_resnet_14 bn, adam lr 0.03")."""
+    base = [_label(r) for r in results]
+    named = []
+    for result, label in zip(results, base):
+        twins = [r for r, other in zip(results, base) if other == label]
+        details = [f"{field.replace('_', ' ')} {_field(result, field)}"
+                   for field in (*RECIPE_FIELDS, "seed")
+                   if len({str(_field(r, field)) for r in twins}) > 1]
+        named.append(", ".join([label, *details]))
+    return named
+
+
+def _field(result: dict, field: str):
+    return result["seed"] if field == "seed" else result.get("recipe", {}).get(field)
+
+
 def report(results: list[dict]) -> str:
     """A Markdown table with one column per analysed run."""
-    return tables.analysis_report(results, [_label(r) for r in results])
+    return tables.analysis_report(results, labels(results))
 
 
 def write_outputs(results: list[dict], out_dir: str) -> list[str]:
@@ -165,12 +186,13 @@ def write_outputs(results: list[dict], out_dir: str) -> list[str]:
         with open(path, "w") as f:
             json.dump({k: v for k, v in result.items() if not k.startswith("_")}, f, indent=2)
         written.append(path)
-    tables.write_ablation_csv(results, os.path.join(out_dir, "ablation.csv"))
+    tables.write_ablation_csv(results, labels(results), os.path.join(out_dir, "ablation.csv"))
     with open(os.path.join(out_dir, "report.md"), "w") as f:
         f.write(report(results))
-    figures.gamma_histograms([(_label(r), _by_stage(r["_gammas"])) for r in results],
+    names = labels(results)
+    figures.gamma_histograms([(n, _by_stage(r["_gammas"])) for n, r in zip(names, results)],
                              os.path.join(out_dir, "gamma_histograms.png"))
-    figures.ablation_curves([(_label(r), r["ablation"]) for r in results],
+    figures.ablation_curves([(n, r["ablation"]) for n, r in zip(names, results)],
                             os.path.join(out_dir, "ablation.png"))
     return written + [os.path.join(out_dir, n) for n in
                       ("ablation.csv", "report.md", "gamma_histograms.png", "ablation.png")]

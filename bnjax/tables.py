@@ -79,15 +79,17 @@ def analysis_report(results: list[dict], labels: list[str]) -> str:
         + ".\n"
 
 
-def write_ablation_csv(results: list[dict], path: str) -> None:
-    """A line per run and fraction of gammas zeroed; `norm` tells runs of one model apart."""
+def write_ablation_csv(results: list[dict], labels: list[str], path: str) -> None:
+    """A line per run and fraction of gammas zeroed; `run` is the run's label in report.md and
+    the plots, `norm` tells runs of one model apart."""
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["model", "norm", "mode", "seed", "fraction_zeroed", "test_accuracy"])
-        for r in results:
+        writer.writerow(["run", "model", "norm", "mode", "seed", "fraction_zeroed",
+                         "test_accuracy"])
+        for label, r in zip(labels, results):
             for a in r["ablation"]:
-                writer.writerow([r["model"], r.get("norm", "batchnorm"), r["mode"], r["seed"],
-                                 a["fraction_zeroed"], a["test_accuracy"]])
+                writer.writerow([label, r["model"], r.get("norm", "batchnorm"), r["mode"],
+                                 r["seed"], a["fraction_zeroed"], a["test_accuracy"]])
 
 
 def epochs_table(rows: list[dict], histories: dict) -> str:

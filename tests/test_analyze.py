@@ -109,11 +109,27 @@ def test_ablation_csv_tells_runs_of_one_model_apart_by_norm(tmp_path):
                 "ablation": [{"fraction_zeroed": 0.0, "test_accuracy": accuracy}]}
                for norm, accuracy in (("batchnorm", 0.35), ("affine", 0.3))]
     path = str(tmp_path / "ablation.csv")
-    tables.write_ablation_csv(results, path)
+    tables.write_ablation_csv(results, analyze.labels(results), path)
     lines = open(path).read().splitlines()
-    assert lines == ["model,norm,mode,seed,fraction_zeroed,test_accuracy",
-                     "cifar_resnet_14,batchnorm,bn,0,0.0,0.35",
-                     "cifar_resnet_14,affine,bn,0,0.0,0.3"]
+    assert lines == ["run,model,norm,mode,seed,fraction_zeroed,test_accuracy",
+                     "cifar_resnet_14 bn,cifar_resnet_14,batchnorm,bn,0,0.0,0.35",
+                     "cifar_resnet_14 (affine) bn,cifar_resnet_14,affine,bn,0,0.0,0.3"]
+
+
+def test_runs_of_one_model_and_mode_are_named_by_what_differs():
+    """Two ResNet-14 BN-only runs of other recipes (the hyperparameter study's comparison) and
+    a second seed: each label adds only the fields that tell its twins apart."""
+    def result(optimizer, lr, seed=0, model="cifar_resnet_14"):
+        return {"model": model, "norm": "batchnorm", "mode": "bn", "seed": seed,
+                "recipe": {"optimizer": optimizer, "lr": lr, "weight_decay": 1e-4,
+                           "epochs": 160}}
+
+    assert analyze.labels([result("sgd", 0.1), result("adam", 0.03), result("sgd", 0.1, 1),
+                           result("sgd", 0.1, model="cifar_resnet_32")]) == [
+        "cifar_resnet_14 bn, optimizer sgd, lr 0.1, seed 0",
+        "cifar_resnet_14 bn, optimizer adam, lr 0.03, seed 0",
+        "cifar_resnet_14 bn, optimizer sgd, lr 0.1, seed 1",
+        "cifar_resnet_32 bn"]
 
 
 def test_histograms_compare_networks_whose_stages_differ(tmp_path):
