@@ -155,7 +155,8 @@ def _label(result: dict) -> str:
 
 def labels(results: list[dict]) -> list[str]:
     """A name per result: model, normalisation and mode, and where two results share those,
-    the recipe fields and seed that tell them apart (e.g. "cifar_resnet_14 bn, adam lr 0.03")."""
+    the recipe fields and seed that tell them apart (e.g. "cifar_resnet_14 bn, optimizer adam,
+    lr 0.03")."""
     base = [_label(r) for r in results]
     named = []
     for result, label in zip(results, base):
@@ -186,10 +187,10 @@ def write_outputs(results: list[dict], out_dir: str) -> list[str]:
         with open(path, "w") as f:
             json.dump({k: v for k, v in result.items() if not k.startswith("_")}, f, indent=2)
         written.append(path)
-    tables.write_ablation_csv(results, labels(results), os.path.join(out_dir, "ablation.csv"))
-    with open(os.path.join(out_dir, "report.md"), "w") as f:
-        f.write(report(results))
     names = labels(results)
+    tables.write_ablation_csv(results, names, os.path.join(out_dir, "ablation.csv"))
+    with open(os.path.join(out_dir, "report.md"), "w") as f:
+        f.write(tables.analysis_report(results, names))
     figures.gamma_histograms([(n, _by_stage(r["_gammas"])) for n, r in zip(names, results)],
                              os.path.join(out_dir, "gamma_histograms.png"))
     figures.ablation_curves([(n, r["ablation"]) for n, r in zip(names, results)],
