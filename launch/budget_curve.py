@@ -5,6 +5,9 @@ the short-budget tables committed in docs/ (3 epochs in REPRODUCTION.md, 2 in NO
 
     python launch/budget_curve.py --runs=~/bnjax-runs/reproduction \
       --out=docs/reproduction/budget_curve.png
+
+A run is read from --runs/r14_bn_<epochs>/metrics.json, or, where that folder is not on this
+machine, from the shipped docs/reproduction/r14_bn_<epochs>.metrics.json.
 """
 from __future__ import annotations
 
@@ -20,20 +23,24 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 BUDGETS = (2, 3, 5, 10, 20, 40, 160)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHIPPED = os.path.join(REPO, "docs", "reproduction")
 # (results.csv of a committed short-budget table, legend label); its ResNet-14 BN-only
 # BatchNorm row is marked
 SHORT_TABLES = (("docs/reproduction/results.csv", "3-epoch table (lr /10 at 2/3)"),
                 ("docs/norms/resnet14/results.csv", "2-epoch norms table (lr /10 at 3/4)"))
 
 
-def load(runs: str) -> dict:
-    """{epochs: metrics.json} of the finished r14_bn_<epochs> runs."""
+def load(runs: str, shipped: str = SHIPPED) -> dict:
+    """{epochs: metrics.json} of the finished r14_bn_<epochs> runs, a run folder before a shipped
+    file."""
     found = {}
     for epochs in BUDGETS:
-        path = os.path.join(runs, f"r14_bn_{epochs}", "metrics.json")
-        if os.path.exists(path):
-            with open(path) as f:
-                found[epochs] = json.load(f)
+        for path in (os.path.join(runs, f"r14_bn_{epochs}", "metrics.json"),
+                     os.path.join(shipped, f"r14_bn_{epochs}.metrics.json")):
+            if os.path.exists(path):
+                with open(path) as f:
+                    found[epochs] = json.load(f)
+                break
     return found
 
 
@@ -81,7 +88,8 @@ def main() -> None:
     args = parser.parse_args()
     found = load(os.path.expanduser(args.runs))
     if not found:
-        raise SystemExit(f"no finished r14_bn_<epochs> run in {args.runs}")
+        raise SystemExit(f"no finished r14_bn_<epochs> run in {args.runs} (or shipped in "
+                         f"{SHIPPED}); run them with launch/reproduce.sh first")
     plot(found, args.out)
     for epochs, metrics in sorted(found.items()):
         print(f"{epochs:>4} epochs  test accuracy {100 * metrics['test_accuracy']:.2f}%  "

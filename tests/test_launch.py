@@ -132,3 +132,19 @@ def test_depth_width_reads_runs_then_shipped_files_and_draws_both_lines(tmp_path
     out = tmp_path / "depth_width.png"
     figures.depth_against_width(rows, str(out))
     assert out.stat().st_size > 10_000
+
+
+def test_budget_curve_reads_runs_then_shipped_files(tmp_path):
+    sys.path.insert(0, os.path.join(REPO, "launch"))
+    try:
+        import budget_curve
+    finally:
+        sys.path.pop(0)
+    runs, shipped = tmp_path / "runs", tmp_path / "shipped"
+    (runs / "r14_bn_5").mkdir(parents=True)
+    shipped.mkdir()
+    (runs / "r14_bn_5" / "metrics.json").write_text(json.dumps({"test_accuracy": 0.40}))
+    (shipped / "r14_bn_5.metrics.json").write_text(json.dumps({"test_accuracy": 0.10}))
+    (shipped / "r14_bn_20.metrics.json").write_text(json.dumps({"test_accuracy": 0.44}))
+    found = budget_curve.load(str(runs), str(shipped))
+    assert {epochs: m["test_accuracy"] for epochs, m in found.items()} == {5: 0.40, 20: 0.44}
