@@ -122,9 +122,9 @@ def test_depth_width_reads_runs_then_shipped_files_and_draws_both_lines(tmp_path
     assert missing == ["r56_bn_20", "r14_64_bn_20"]
     assert rows[1]["test_accuracy"] == 0.47
     lines = depth_width.table(rows).splitlines()
-    assert lines[2].startswith("| cifar_resnet_14 | 14 | 16 | 1,120 | 43.68 |")
-    assert lines[3].startswith("| cifar_resnet_14_32 | 14 | 32 | 2,240 | 45.00 |")
-    assert lines[4].startswith("| cifar_resnet_32 | 32 | 16 | 2,464 | 47.00 |")
+    assert lines[2].startswith("| cifar_resnet_14 | 14 | 16 | 1,120 | 43.68 | ~48 |")
+    assert lines[3].startswith("| cifar_resnet_14_32 | 14 | 32 | 2,240 | 45.00 | ~53 |")
+    assert lines[4].startswith("| cifar_resnet_32 | 32 | 16 | 2,464 | 47.00 | ~57 |")
     (deeper, by_depth), (wider, by_width) = figures.depth_and_width_lines(rows)
     assert (deeper, wider) == ("deeper (width 16)", "wider (ResNet-14)")
     assert [r["model"] for r in by_depth] == ["cifar_resnet_14", "cifar_resnet_32"]
