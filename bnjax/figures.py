@@ -246,6 +246,7 @@ def depth_against_width(rows: list[dict], path: str, title: str = "") -> None:
                 axis.annotate(name, (r["trainable_params"], 100 * r["test_accuracy"]),
                               textcoords="offset points", xytext=(4, -12 if below else 6),
                               fontsize=8)
+        axis.margins(x=0.1)  # room for the rightmost point's name
         axis.set(xlabel="BatchNorm parameters (trainable)", ylabel="test accuracy (%)")
         axis.set_title(title or "BN only: deeper against wider", fontsize=10)
         axis.grid(alpha=0.3)
