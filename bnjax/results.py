@@ -41,6 +41,18 @@ def collect(root: str, fields: tuple = ()) -> list[dict]:
     return rows
 
 
+def run_metrics(name: str, runs: str, shipped: str) -> dict | None:
+    """The metrics.json of run `name`: from its folder under `runs`, or, where that folder is not
+    on this machine, the `<name>.metrics.json` shipped in `shipped` (docs/reproduction/); None
+    where neither exists."""
+    for path in (os.path.join(runs, name, "metrics.json"),
+                 os.path.join(shipped, f"{name}.metrics.json")):
+        if os.path.exists(path):
+            with open(path) as f:
+                return json.load(f)
+    return None
+
+
 def varied_fields(rows: list[dict]) -> list[str]:
     """The config fields of the rows beyond COLUMNS (those that vary, and any asked for)."""
     return [key for key in rows[0] if key not in COLUMNS] if rows else []

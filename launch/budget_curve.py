@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+from bnjax import results  # noqa: E402
 
 BUDGETS = (2, 3, 5, 10, 20, 40, 160)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,15 +34,9 @@ SHORT_TABLES = (("docs/reproduction/results.csv", "3-epoch table (lr /10 at 2/3)
 def load(runs: str, shipped: str = SHIPPED) -> dict:
     """{epochs: metrics.json} of the finished r14_bn_<epochs> runs, a run folder before a shipped
     file."""
-    found = {}
-    for epochs in BUDGETS:
-        for path in (os.path.join(runs, f"r14_bn_{epochs}", "metrics.json"),
-                     os.path.join(shipped, f"r14_bn_{epochs}.metrics.json")):
-            if os.path.exists(path):
-                with open(path) as f:
-                    found[epochs] = json.load(f)
-                break
-    return found
+    found = {epochs: results.run_metrics(f"r14_bn_{epochs}", runs, shipped)
+             for epochs in BUDGETS}
+    return {epochs: metrics for epochs, metrics in found.items() if metrics is not None}
 
 
 def short_table_points() -> list:

@@ -12,10 +12,9 @@ named.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 
-from bnjax import figures, tables
+from bnjax import figures, results, tables
 from bnjax.models import parse_name
 
 # ResNet-14 is the shared point; ResNet-32 (2,464 BN parameters) against ResNet-14 of width 32
@@ -33,14 +32,11 @@ def load(runs: str, shipped: str = SHIPPED) -> tuple[list[dict], list[str]]:
     """([metrics.json with 'run' added] of the runs found, [names not found])."""
     found, missing = [], []
     for name in RUNS:
-        for path in (os.path.join(runs, name, "metrics.json"),
-                     os.path.join(shipped, f"{name}.metrics.json")):
-            if os.path.exists(path):
-                with open(path) as f:
-                    found.append({**json.load(f), "run": name})
-                break
-        else:
+        metrics = results.run_metrics(name, runs, shipped)
+        if metrics is None:
             missing.append(name)
+        else:
+            found.append({**metrics, "run": name})
     return found, missing
 
 
