@@ -6,7 +6,8 @@
   ReLU's output is 0 at every position of every test image. (A ResNet's `bn2` and
   `shortcut_bn` are summed before their ReLU, so no channel of theirs can be judged alone.)
 - ablation: set the gammas with the smallest |gamma| (ranked over the whole network) to zero and
-  measure test accuracy against the fraction zeroed.
+  measure test accuracy and loss against the fraction zeroed; optionally (`by_stage`) zero one
+  fraction's gammas in one stage at a time, to see which stages a loss comes from.
 Several runs (e.g. a `bn` and an `all` run) give a side-by-side report.
 """
 from __future__ import annotations
@@ -92,8 +93,9 @@ def disabled_channels(model, variables, data, batch_size: int) -> dict:
             "disabled_by_layer": layers}
 
 
-def zero_smallest_gammas(params, fraction: float):
-    """params with the `fraction` of gammas of smallest |gamma| (network-wide) set to 0."""
+def zero_smallest_gammas(params, fraction: float, stage: str | None = None):
+    """params with the `fraction` of gammas of smallest |gamma| (ranked network-wide) set to 0;
+    with `stage` (e.g. "stage3", "stem"), only those of them that lie in that stage."""
     flat = partition.flatten(params)
     paths = [p for p in flat if partition.role_of(p) == "gamma"]
     every = np.concatenate([np.abs(np.asarray(flat[p])) for p in paths])
@@ -106,13 +108,16 @@ def zero_smallest_gammas(params, fraction: float):
     offset, updated = 0, dict(flat)
     for path in paths:
         size = flat[path].size
-        updated[path] = np.where(keep[offset:offset + size], np.asarray(flat[path]), 0.0)
+        if stage is None or _stage(path) == stage:
+            updated[path] = np.where(keep[offset:offset + size], np.asarray(flat[path]), 0.0)
         offset += size
     return partition.unflatten(updated)
 
 
-def analyze(trained, data_source: str | None = None) -> dict:
-    """All analyses of one trained model (bnjax.trained.TrainedModel) on its test split."""
+def analyze(trained, data_source: str | None = None, by_stage: float | None = None) -> dict:
+    """All analyses of one trained model (bnjax.trained.TrainedModel) on its test split; with
+    `by_stage` (a fraction), also the accuracy with that fraction's gammas (ranked network-wide)
+    zeroed in one stage at a time, which tells where an ablation's loss comes from."""
     config = trained.config
     if data_source:
         config.data.source = data_source
@@ -123,24 +128,39 @@ def analyze(trained, data_source: str | None = None) -> dict:
     model = trained.setup.model
     mesh = make_mesh()
     eval_step = make_eval_step(model)
-    ablation = []
-    for fraction in ABLATION_FRACTIONS:
-        ablated = zero_smallest_gammas(params, fraction)
+
+    def test_metrics(ablated) -> dict:
         # the whole ablated tree goes in as "trainable" (frozen empty): gammas may be frozen
         state = trained.state.replace(trainable=ablated, batch_stats=batch_stats)
         result = evaluate(eval_step, mesh, replicate(state, mesh), replicate({}, mesh), test,
                           config.eval.batch_size)
-        ablation.append({"fraction_zeroed": fraction, "test_accuracy": result["accuracy"]})
+        return {"test_accuracy": result["accuracy"], "test_loss": result["loss"]}
+
+    ablation = [{"fraction_zeroed": fraction,
+                 **test_metrics(zero_smallest_gammas(params, fraction))}
+                for fraction in ABLATION_FRACTIONS]
     gamma_by_layer = gammas(params)
-    return {"model": config.model.name, "norm": config.model.norm, "mode": config.train.mode,
-            "seed": config.seed,
-            "recipe": {field: config.train[field] for field in RECIPE_FIELDS},
-            "step": trained.description.get("step"),
-            "gamma": gamma_statistics(gamma_by_layer),
-            "disabled": disabled_channels(model, {"params": params, "batch_stats": batch_stats},
-                                          test, config.eval.batch_size),
-            "ablation": ablation,
-            "_gammas": {k: v.tolist() for k, v in gamma_by_layer.items()}}
+    result = {"model": config.model.name, "norm": config.model.norm, "mode": config.train.mode,
+              "seed": config.seed,
+              "recipe": {field: config.train[field] for field in RECIPE_FIELDS},
+              "step": trained.description.get("step"),
+              "gamma": gamma_statistics(gamma_by_layer),
+              "disabled": disabled_channels(model, {"params": params, "batch_stats": batch_stats},
+                                            test, config.eval.batch_size),
+              "ablation": ablation,
+              "_gammas": {k: v.tolist() for k, v in gamma_by_layer.items()}}
+    if by_stage is not None:
+        stages = sorted(_by_stage(gamma_by_layer), key=_stage_order)
+        result["ablation_by_stage"] = {
+            "fraction_zeroed": by_stage,
+            "stages": {stage: test_metrics(zero_smallest_gammas(params, by_stage, stage))
+                       for stage in stages}}
+    return result
+
+
+def _stage_order(stage: str) -> tuple:
+    """The stem first, then stages or layers by number (layer10 after layer9)."""
+    return (stage != "stem", int(re.sub(r"\D", "", stage) or 0))
 
 
 def _other_norm(result: dict) -> str | None:

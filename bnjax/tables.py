@@ -73,10 +73,25 @@ def analysis_report(results: list[dict], labels: list[str]) -> str:
     for index, point in enumerate(results[0]["ablation"]):
         rows.append([f"accuracy, {100 * point['fraction_zeroed']:.0f}% smallest gammas zeroed",
                      *(f"{100 * r['ablation'][index]['test_accuracy']:.2f}%" for r in results)])
+    rows += _ablation_by_stage_rows(results)
     lines = ["| | " + " | ".join(labels) + " |", "|---" * (len(labels) + 1) + "|",
              *("| " + " | ".join(cells) + " |" for cells in rows)]
     return "\n".join(lines) + "\n\nDisabled channel: " + results[0]["disabled"]["definition"] \
         + ".\n"
+
+
+def _ablation_by_stage_rows(results: list[dict]) -> list[list[str]]:
+    """A row per stage of `bnjax analyze --by_stage`'s ablation ("-" where a run has no such
+    stage or no such ablation)."""
+    by_stage = [r.get("ablation_by_stage") for r in results]
+    if not any(by_stage):
+        return []
+    fraction = next(b for b in by_stage if b)["fraction_zeroed"]
+    stages = list(dict.fromkeys(stage for b in by_stage if b for stage in b["stages"]))
+    return [[f"accuracy, {100 * fraction:.0f}% smallest gammas zeroed in {stage} only",
+             *(f"{100 * b['stages'][stage]['test_accuracy']:.2f}%"
+               if b and stage in b["stages"] else "-" for b in by_stage)]
+            for stage in stages]
 
 
 def write_ablation_csv(results: list[dict], labels: list[str], path: str) -> None:

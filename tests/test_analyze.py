@@ -1,3 +1,4 @@
+import dataclasses
 import os
 
 import jax
@@ -28,6 +29,20 @@ def test_zeroing_takes_the_smallest_gammas_network_wide():
     np.testing.assert_array_equal(ablated["stage1_block0"]["bn1"]["scale"], [0.0, 2.0])
     np.testing.assert_array_equal(ablated["stage1_block0"]["conv1"]["kernel"],
                                   np.ones((1, 1, 1, 2)))
+
+
+def test_zeroing_within_a_stage_takes_only_that_stages_share_of_the_smallest():
+    params = {"bn": {"scale": np.array([0.5, -0.1, 0.9])},
+              "stage1_block0": {"bn1": {"scale": np.array([0.05, 2.0])}},
+              "stage2_block0": {"bn2": {"scale": np.array([0.3, 0.01])}}}
+    # network-wide, the 3 smallest of 7 are 0.01 (stage2), 0.05 (stage1) and -0.1 (stem)
+    stem = analyze.zero_smallest_gammas(params, 3 / 7, "stem")
+    np.testing.assert_array_equal(stem["bn"]["scale"], [0.5, 0.0, 0.9])
+    np.testing.assert_array_equal(stem["stage1_block0"]["bn1"]["scale"], [0.05, 2.0])
+    np.testing.assert_array_equal(stem["stage2_block0"]["bn2"]["scale"], [0.3, 0.01])
+    stage2 = analyze.zero_smallest_gammas(params, 3 / 7, "stage2")
+    np.testing.assert_array_equal(stage2["bn"]["scale"], [0.5, -0.1, 0.9])
+    np.testing.assert_array_equal(stage2["stage2_block0"]["bn2"]["scale"], [0.3, 0.0])
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +83,50 @@ def test_analyze_writes_report_and_plots(trained, tmp_path):
         assert os.path.getsize(path) > 0
     report = open(tmp_path / "out" / "report.md").read()
     assert "abs(gamma) < 0.01" in report and "disabled channels" in report
+
+
+def test_the_ablation_by_stage_zeroes_one_stage_at_a_time(trained, tmp_path):
+    """Stage 3's gammas made the largest: the network-wide smallest 20% miss them, so zeroing
+    those in stage 3 only leaves the accuracy unablated; in the stem only, it equals zeroing
+    the stem's share of them by hand."""
+    from bnjax.data import load_eval_split
+    from bnjax.step import evaluate, make_eval_step, make_mesh, replicate
+
+    trainable = jax.tree.map(np.array, jax.device_get(trained.state.trainable))
+    for block in (name for name in trainable if name.startswith("stage3")):
+        for layer in trainable[block].values():
+            if "scale" in layer:
+                layer["scale"] = np.full_like(layer["scale"], 100.0)
+    changed = dataclasses.replace(trained, state=trained.state.replace(trainable=trainable))
+    params = partition.merge(trainable, trained.setup.frozen)
+    gamma = {p: np.abs(v) for p, v in partition.flatten(params).items()
+             if partition.role_of(p) == "gamma"}
+    every = np.concatenate(list(gamma.values()))
+    outside_stage3 = sum(v.size for p, v in gamma.items() if not p.startswith("stage3"))
+    assert outside_stage3 >= 0.2 * every.size  # so the 20% cut lies outside stage 3
+
+    result = analyze.analyze(changed, by_stage=0.2)
+    by_stage = result["ablation_by_stage"]
+    assert by_stage["fraction_zeroed"] == 0.2
+    assert list(by_stage["stages"]) == ["stem", "stage1", "stage2", "stage3"]
+    # the tiny network's accuracy barely moves, its test loss does
+    unablated = {k: result["ablation"][0][k] for k in ("test_accuracy", "test_loss")}
+    assert by_stage["stages"]["stage3"] == unablated
+    assert by_stage["stages"]["stem"] != unablated
+
+    cut = np.sort(every)[round(0.2 * every.size) - 1]
+    stem = params["bn"]["scale"]
+    params["bn"]["scale"] = np.where(np.abs(stem) <= cut, 0.0, stem)
+    state = changed.state.replace(trainable=params)
+    mesh = make_mesh()
+    by_hand = evaluate(make_eval_step(trained.setup.model), mesh, replicate(state, mesh),
+                       replicate({}, mesh), load_eval_split(trained.config.data), 8)
+    assert by_stage["stages"]["stem"] == {"test_accuracy": by_hand["accuracy"],
+                                          "test_loss": by_hand["loss"]}
+
+    analyze.write_outputs([result], str(tmp_path))
+    report = open(tmp_path / "report.md").read()
+    assert "| accuracy, 20% smallest gammas zeroed in stage3 only |" in report
 
 
 @pytest.mark.parametrize("name,norm,relu_fed", [

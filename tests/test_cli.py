@@ -135,6 +135,15 @@ def test_a_flag_of_another_command_is_refused(tmp_path):
     assert result.returncode == 2 and "does not take --config.seed" in result.stderr
 
 
+def test_analyze_refuses_a_by_stage_that_is_not_a_fraction(tmp_path):
+    export = os.path.join(REPO, "docs", "reproduction", "r14_bn_20.bnjax")
+    result = bnjax("analyze", f"--export={export}", f"--out={tmp_path / 'out'}", "--by_stage=50")
+    assert result.returncode == 2
+    assert "--by_stage=50.0 is not a fraction of the gammas; give a number in (0, 1]" in \
+        result.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_config_lists_every_field_with_its_resolved_value():
     result = bnjax("config", f"--config={CIFAR10}:cifar_resnet_110", "--config.train.mode=all")
     assert result.returncode == 0, result.stderr
