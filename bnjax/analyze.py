@@ -151,11 +151,19 @@ def analyze(trained, data_source: str | None = None, by_stage: float | None = No
               "_gammas": {k: v.tolist() for k, v in gamma_by_layer.items()}}
     if by_stage is not None:
         stages = sorted(_by_stage(gamma_by_layer), key=_stage_order)
-        result["ablation_by_stage"] = {
-            "fraction_zeroed": by_stage,
-            "stages": {stage: test_metrics(zero_smallest_gammas(params, by_stage, stage))
-                       for stage in stages}}
+        result["ablation_by_stage"] = {"fraction_zeroed": by_stage, "stages": {}}
+        for stage in stages:
+            ablated = zero_smallest_gammas(params, by_stage, stage)
+            result["ablation_by_stage"]["stages"][stage] = {
+                **test_metrics(ablated),
+                "gammas": int(sum(v.size for p, v in gamma_by_layer.items()
+                                  if _stage(p) == stage)),
+                "gammas_zeroed": _zeros(gammas(ablated)) - _zeros(gamma_by_layer)}
     return result
+
+
+def _zeros(gamma_by_layer: dict) -> int:
+    return int(sum(np.sum(np.asarray(values) == 0) for values in gamma_by_layer.values()))
 
 
 def _stage_order(stage: str) -> tuple:

@@ -89,9 +89,14 @@ def _ablation_by_stage_rows(results: list[dict]) -> list[list[str]]:
     fraction = next(b for b in by_stage if b)["fraction_zeroed"]
     stages = list(dict.fromkeys(stage for b in by_stage if b for stage in b["stages"]))
     return [[f"accuracy, {100 * fraction:.0f}% smallest gammas zeroed in {stage} only",
-             *(f"{100 * b['stages'][stage]['test_accuracy']:.2f}%"
-               if b and stage in b["stages"] else "-" for b in by_stage)]
+             *(_stage_cell(b["stages"][stage]) if b and stage in b["stages"] else "-"
+               for b in by_stage)]
             for stage in stages]
+
+
+def _stage_cell(point: dict) -> str:
+    return (f"{100 * point['test_accuracy']:.2f}% ({point['gammas_zeroed']:,} of "
+            f"{point['gammas']:,} zeroed)")
 
 
 def write_ablation_csv(results: list[dict], labels: list[str], path: str) -> None:

@@ -110,9 +110,13 @@ def test_the_ablation_by_stage_zeroes_one_stage_at_a_time(trained, tmp_path):
     assert by_stage["fraction_zeroed"] == 0.2
     assert list(by_stage["stages"]) == ["stem", "stage1", "stage2", "stage3"]
     # the tiny network's accuracy barely moves, its test loss does
-    unablated = {k: result["ablation"][0][k] for k in ("test_accuracy", "test_loss")}
-    assert by_stage["stages"]["stage3"] == unablated
-    assert by_stage["stages"]["stem"] != unablated
+    metrics = ("test_accuracy", "test_loss")
+    unablated = {k: result["ablation"][0][k] for k in metrics}
+    assert {k: by_stage["stages"]["stage3"][k] for k in metrics} == unablated
+    assert by_stage["stages"]["stage3"]["gammas_zeroed"] == 0
+    assert {k: by_stage["stages"]["stem"][k] for k in metrics} != unablated
+    assert sum(s["gammas"] for s in by_stage["stages"].values()) == every.size
+    assert sum(s["gammas_zeroed"] for s in by_stage["stages"].values()) == round(0.2 * every.size)
 
     cut = np.sort(every)[round(0.2 * every.size) - 1]
     stem = params["bn"]["scale"]
@@ -121,12 +125,14 @@ def test_the_ablation_by_stage_zeroes_one_stage_at_a_time(trained, tmp_path):
     mesh = make_mesh()
     by_hand = evaluate(make_eval_step(trained.setup.model), mesh, replicate(state, mesh),
                        replicate({}, mesh), load_eval_split(trained.config.data), 8)
-    assert by_stage["stages"]["stem"] == {"test_accuracy": by_hand["accuracy"],
-                                          "test_loss": by_hand["loss"]}
+    assert {k: by_stage["stages"]["stem"][k] for k in metrics} == {
+        "test_accuracy": by_hand["accuracy"], "test_loss": by_hand["loss"]}
+    assert by_stage["stages"]["stem"]["gammas_zeroed"] == int(np.sum(np.abs(stem) <= cut))
 
     analyze.write_outputs([result], str(tmp_path))
     report = open(tmp_path / "report.md").read()
-    assert "| accuracy, 20% smallest gammas zeroed in stage3 only |" in report
+    assert "| accuracy, 20% smallest gammas zeroed in stage3 only | " in report
+    assert f"(0 of {by_stage['stages']['stage3']['gammas']:,} zeroed)" in report
 
 
 @pytest.mark.parametrize("name,norm,relu_fed", [
