@@ -105,11 +105,12 @@ def write_ablation_csv(results: list[dict], labels: list[str], path: str) -> Non
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["run", "model", "norm", "mode", "seed", "fraction_zeroed",
-                         "test_accuracy"])
+                         "test_accuracy", "test_loss"])
         for label, r in zip(labels, results):
             for a in r["ablation"]:
                 writer.writerow([label, r["model"], r.get("norm", "batchnorm"), r["mode"],
-                                 r["seed"], a["fraction_zeroed"], a["test_accuracy"]])
+                                 r["seed"], a["fraction_zeroed"], a["test_accuracy"],
+                                 a["test_loss"]])
 
 
 def epochs_table(rows: list[dict], histories: dict) -> str:

@@ -154,14 +154,18 @@ def test_every_family_and_normalisation_is_analyzed(image_folder, tmp_path, name
     config = tiny_config_for(image_folder, str(tmp_path / "cache"))
     config.model.name, config.model.norm = name, norm
     setup, state = initialize(config, 3, (32, 32, 3), steps_per_epoch=1)
-    result = analyze.analyze(TrainedModel(config, setup, state, {"step": 0}))
+    result = analyze.analyze(TrainedModel(config, setup, state, {"step": 0}), by_stage=0.5)
     assert set(result["disabled"]["disabled_by_layer"]) == relu_fed
     assert result["gamma"]["count"] == sum(
         v.size for p, v in partition.flatten(state.trainable).items() if p.endswith("scale"))
     assert len(result["ablation"]) == len(analyze.ABLATION_FRACTIONS)
-    stages = set(result["gamma"]["by_stage"])
-    assert stages == ({f"layer{i}" for i in range(8)} if name == "cifar_vgg_11"
-                      else {"stem", "stage1", "stage2", "stage3"})
+    stages = ([f"layer{i}" for i in range(8)] if name == "cifar_vgg_11"
+              else ["stem", "stage1", "stage2", "stage3"])
+    assert set(result["gamma"]["by_stage"]) == set(stages)
+    by_stage = result["ablation_by_stage"]["stages"]
+    assert list(by_stage) == stages
+    assert sum(s["gammas_zeroed"] for s in by_stage.values()) == \
+        round(0.5 * result["gamma"]["count"])
     written = analyze.write_outputs([result], str(tmp_path / "out"))
     label, file_name = ((name, f"analysis_1_{name}_bn") if norm == "batchnorm"
                         else (f"{name} ({norm})", f"analysis_1_{name}_{norm}_bn"))
@@ -171,14 +175,15 @@ def test_every_family_and_normalisation_is_analyzed(image_folder, tmp_path, name
 
 def test_ablation_csv_tells_runs_of_one_model_apart_by_norm(tmp_path):
     results = [{"model": "cifar_resnet_14", "norm": norm, "mode": "bn", "seed": 0,
-                "ablation": [{"fraction_zeroed": 0.0, "test_accuracy": accuracy}]}
-               for norm, accuracy in (("batchnorm", 0.35), ("affine", 0.3))]
+                "ablation": [{"fraction_zeroed": 0.0, "test_accuracy": accuracy,
+                              "test_loss": loss}]}
+               for norm, accuracy, loss in (("batchnorm", 0.35, 1.8), ("affine", 0.3, 1.9))]
     path = str(tmp_path / "ablation.csv")
     tables.write_ablation_csv(results, analyze.labels(results), path)
     lines = open(path).read().splitlines()
-    assert lines == ["run,model,norm,mode,seed,fraction_zeroed,test_accuracy",
-                     "cifar_resnet_14 bn,cifar_resnet_14,batchnorm,bn,0,0.0,0.35",
-                     "cifar_resnet_14 (affine) bn,cifar_resnet_14,affine,bn,0,0.0,0.3"]
+    assert lines == ["run,model,norm,mode,seed,fraction_zeroed,test_accuracy,test_loss",
+                     "cifar_resnet_14 bn,cifar_resnet_14,batchnorm,bn,0,0.0,0.35,1.8",
+                     "cifar_resnet_14 (affine) bn,cifar_resnet_14,affine,bn,0,0.0,0.3,1.9"]
 
 
 def test_runs_of_one_model_and_mode_are_named_by_what_differs():
