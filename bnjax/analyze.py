@@ -150,20 +150,26 @@ def analyze(trained, data_source: str | None = None, by_stage: float | None = No
               "ablation": ablation,
               "_gammas": {k: v.tolist() for k, v in gamma_by_layer.items()}}
     if by_stage is not None:
-        stages = sorted(_by_stage(gamma_by_layer), key=_stage_order)
-        result["ablation_by_stage"] = {"fraction_zeroed": by_stage, "stages": {}}
-        for stage in stages:
-            ablated = zero_smallest_gammas(params, by_stage, stage)
-            result["ablation_by_stage"]["stages"][stage] = {
-                **test_metrics(ablated),
-                "gammas": int(sum(v.size for p, v in gamma_by_layer.items()
-                                  if _stage(p) == stage)),
-                "gammas_zeroed": _zeros(gammas(ablated)) - _zeros(gamma_by_layer)}
+        result["ablation_by_stage"] = ablation_by_stage(params, by_stage, test_metrics)
     return result
 
 
+def ablation_by_stage(params, fraction: float, test_metrics) -> dict:
+    """The network-wide smallest `fraction` of gammas zeroed in one stage at a time (the stem
+    first): each stage's test_metrics(ablated params), its gamma count and how many the cut
+    zeroed there."""
+    before = gammas(params)
+    stages = {}
+    for stage in sorted(_by_stage(before), key=_stage_order):
+        ablated = zero_smallest_gammas(params, fraction, stage)
+        stages[stage] = {**test_metrics(ablated),
+                         "gammas": sum(v.size for p, v in before.items() if _stage(p) == stage),
+                         "gammas_zeroed": _zeros(gammas(ablated)) - _zeros(before)}
+    return {"fraction_zeroed": fraction, "stages": stages}
+
+
 def _zeros(gamma_by_layer: dict) -> int:
-    return int(sum(np.sum(np.asarray(values) == 0) for values in gamma_by_layer.values()))
+    return int(sum(np.sum(values == 0) for values in gamma_by_layer.values()))
 
 
 def _stage_order(stage: str) -> tuple:
