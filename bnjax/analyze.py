@@ -6,8 +6,9 @@
   ReLU's output is 0 at every position of every test image. (A ResNet's `bn2` and
   `shortcut_bn` are summed before their ReLU, so no channel of theirs can be judged alone.)
 - ablation: set the gammas with the smallest |gamma| (ranked over the whole network) to zero and
-  measure test accuracy and loss against the fraction zeroed; optionally (`by_stage`) zero one
-  fraction's gammas in one stage at a time, to see which stages a loss comes from.
+  measure test accuracy and loss against the fraction zeroed; optionally (`by_stage`,
+  `by_block`) zero one fraction's gammas in one stage or residual block at a time, to see where
+  a loss comes from.
 Several runs (e.g. a `bn` and an `all` run) give a side-by-side report.
 """
 from __future__ import annotations
@@ -37,6 +38,16 @@ def _stage(path: str) -> str:
     """ResNets by stage (and the stem), VGGs by layer."""
     match = re.match(r"(stage\d+)_|(layer\d+)/", path)
     return next(group for group in match.groups() if group) if match else "stem"
+
+
+def _block(path: str) -> str:
+    """ResNets by residual block (and the stem), VGGs by layer."""
+    match = re.match(r"(stage\d+_block\d+)/", path)
+    return match.group(1) if match else _stage(path)
+
+
+# how `bnjax analyze --by_stage / --by_block` groups the gammas
+GROUPINGS = {"stage": _stage, "block": _block}
 
 
 def _by_stage(gamma_by_layer: dict) -> dict:
@@ -93,9 +104,9 @@ def disabled_channels(model, variables, data, batch_size: int) -> dict:
             "disabled_by_layer": layers}
 
 
-def zero_smallest_gammas(params, fraction: float, stage: str | None = None):
+def zero_smallest_gammas(params, fraction: float, only=None):
     """params with the `fraction` of gammas of smallest |gamma| (ranked network-wide) set to 0;
-    with `stage` (e.g. "stage3", "stem"), only those of them that lie in that stage."""
+    with `only` (a predicate on module paths), only those of them whose path it accepts."""
     flat = partition.flatten(params)
     paths = [p for p in flat if partition.role_of(p) == "gamma"]
     every = np.concatenate([np.abs(np.asarray(flat[p])) for p in paths])
@@ -108,16 +119,18 @@ def zero_smallest_gammas(params, fraction: float, stage: str | None = None):
     offset, updated = 0, dict(flat)
     for path in paths:
         size = flat[path].size
-        if stage is None or _stage(path) == stage:
+        if only is None or only(path):
             updated[path] = np.where(keep[offset:offset + size], np.asarray(flat[path]), 0.0)
         offset += size
     return partition.unflatten(updated)
 
 
-def analyze(trained, data_source: str | None = None, by_stage: float | None = None) -> dict:
+def analyze(trained, data_source: str | None = None, by_stage: float | None = None,
+            by_block: float | None = None) -> dict:
     """All analyses of one trained model (bnjax.trained.TrainedModel) on its test split; with
-    `by_stage` (a fraction), also the accuracy with that fraction's gammas (ranked network-wide)
-    zeroed in one stage at a time, which tells where an ablation's loss comes from."""
+    `by_stage` or `by_block` (a fraction), also the accuracy with that fraction's gammas (ranked
+    network-wide) zeroed in one stage, or one residual block, at a time, which tells where an
+    ablation's loss comes from."""
     config = trained.config
     if data_source:
         config.data.source = data_source
@@ -149,32 +162,37 @@ def analyze(trained, data_source: str | None = None, by_stage: float | None = No
                                             test, config.eval.batch_size),
               "ablation": ablation,
               "_gammas": {k: v.tolist() for k, v in gamma_by_layer.items()}}
-    if by_stage is not None:
-        result["ablation_by_stage"] = ablation_by_stage(params, by_stage, test_metrics)
+    for grouping, fraction in (("stage", by_stage), ("block", by_block)):
+        if fraction is not None:
+            result[f"ablation_by_{grouping}"] = ablation_by_group(
+                params, fraction, GROUPINGS[grouping], test_metrics)
     return result
 
 
-def ablation_by_stage(params, fraction: float, test_metrics) -> dict:
-    """The network-wide smallest `fraction` of gammas zeroed in one stage at a time (the stem
-    first): each stage's test_metrics(ablated params), its gamma count and how many the cut
-    zeroed there."""
+def ablation_by_group(params, fraction: float, group_of, test_metrics) -> dict:
+    """The network-wide smallest `fraction` of gammas zeroed in one group (group_of(path): a
+    stage, a block) at a time, the stem first: each group's test_metrics(ablated params), its
+    gamma count and how many the cut zeroed there."""
     before = gammas(params)
-    stages = {}
-    for stage in sorted(_by_stage(before), key=_stage_order):
-        ablated = zero_smallest_gammas(params, fraction, stage)
-        stages[stage] = {**test_metrics(ablated),
-                         "gammas": sum(v.size for p, v in before.items() if _stage(p) == stage),
+    groups = {}
+    for group in sorted({group_of(path) for path in before}, key=_group_order):
+        def inside(path, group=group):
+            return group_of(path) == group
+        ablated = zero_smallest_gammas(params, fraction, inside)
+        groups[group] = {**test_metrics(ablated),
+                         "gammas": sum(v.size for p, v in before.items() if inside(p)),
                          "gammas_zeroed": _zeros(gammas(ablated)) - _zeros(before)}
-    return {"fraction_zeroed": fraction, "stages": stages}
+    return {"fraction_zeroed": fraction, "groups": groups}
 
 
 def _zeros(gamma_by_layer: dict) -> int:
     return int(sum(np.sum(values == 0) for values in gamma_by_layer.values()))
 
 
-def _stage_order(stage: str) -> tuple:
-    """The stem first, then stages or layers by number (layer10 after layer9)."""
-    return (stage != "stem", int(re.sub(r"\D", "", stage) or 0))
+def _group_order(group: str) -> tuple:
+    """The stem first, then by the numbers in the name (layer10 after layer9, stage1_block10
+    after stage1_block9)."""
+    return group != "stem", tuple(int(number) for number in re.findall(r"\d+", group))
 
 
 def _other_norm(result: dict) -> str | None:

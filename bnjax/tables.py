@@ -73,28 +73,29 @@ def analysis_report(results: list[dict], labels: list[str]) -> str:
     for index, point in enumerate(results[0]["ablation"]):
         rows.append([f"accuracy, {100 * point['fraction_zeroed']:.0f}% smallest gammas zeroed",
                      *(f"{100 * r['ablation'][index]['test_accuracy']:.2f}%" for r in results)])
-    rows += _ablation_by_stage_rows(results)
+    for grouping in ("stage", "block"):
+        rows += _ablation_by_group_rows(results, f"ablation_by_{grouping}")
     lines = ["| | " + " | ".join(labels) + " |", "|---" * (len(labels) + 1) + "|",
              *("| " + " | ".join(cells) + " |" for cells in rows)]
     return "\n".join(lines) + "\n\nDisabled channel: " + results[0]["disabled"]["definition"] \
         + ".\n"
 
 
-def _ablation_by_stage_rows(results: list[dict]) -> list[list[str]]:
-    """A row per stage of `bnjax analyze --by_stage`'s ablation ("-" where a run has no such
-    stage or no such ablation)."""
-    by_stage = [r.get("ablation_by_stage") for r in results]
-    if not any(by_stage):
+def _ablation_by_group_rows(results: list[dict], field: str) -> list[list[str]]:
+    """A row per group of `bnjax analyze --by_stage` or `--by_block`'s ablation (`field`), "-"
+    where a run has no such group or no such ablation."""
+    by_group = [r.get(field) for r in results]
+    if not any(by_group):
         return []
-    fraction = next(b for b in by_stage if b)["fraction_zeroed"]
-    stages = list(dict.fromkeys(stage for b in by_stage if b for stage in b["stages"]))
-    return [[f"accuracy, {100 * fraction:.0f}% smallest gammas zeroed in {stage} only",
-             *(_stage_cell(b["stages"][stage]) if b and stage in b["stages"] else "-"
-               for b in by_stage)]
-            for stage in stages]
+    fraction = next(b for b in by_group if b)["fraction_zeroed"]
+    groups = list(dict.fromkeys(group for b in by_group if b for group in b["groups"]))
+    return [[f"accuracy, {100 * fraction:.0f}% smallest gammas zeroed in {group} only",
+             *(_group_cell(b["groups"][group]) if b and group in b["groups"] else "-"
+               for b in by_group)]
+            for group in groups]
 
 
-def _stage_cell(point: dict) -> str:
+def _group_cell(point: dict) -> str:
     return (f"{100 * point['test_accuracy']:.2f}% ({point['gammas_zeroed']:,} of "
             f"{point['gammas']:,} zeroed)")
 

@@ -31,18 +31,42 @@ def test_zeroing_takes_the_smallest_gammas_network_wide():
                                   np.ones((1, 1, 1, 2)))
 
 
-def test_zeroing_within_a_stage_takes_only_that_stages_share_of_the_smallest():
+def test_zeroing_within_a_group_takes_only_its_share_of_the_smallest():
     params = {"bn": {"scale": np.array([0.5, -0.1, 0.9])},
               "stage1_block0": {"bn1": {"scale": np.array([0.05, 2.0])}},
               "stage2_block0": {"bn2": {"scale": np.array([0.3, 0.01])}}}
     # network-wide, the 3 smallest of 7 are 0.01 (stage2), 0.05 (stage1) and -0.1 (stem)
-    stem = analyze.zero_smallest_gammas(params, 3 / 7, "stem")
+    stem = analyze.zero_smallest_gammas(params, 3 / 7, lambda path: path.startswith("bn/"))
     np.testing.assert_array_equal(stem["bn"]["scale"], [0.5, 0.0, 0.9])
     np.testing.assert_array_equal(stem["stage1_block0"]["bn1"]["scale"], [0.05, 2.0])
     np.testing.assert_array_equal(stem["stage2_block0"]["bn2"]["scale"], [0.3, 0.01])
-    stage2 = analyze.zero_smallest_gammas(params, 3 / 7, "stage2")
+    stage2 = analyze.zero_smallest_gammas(params, 3 / 7, lambda path: path.startswith("stage2"))
     np.testing.assert_array_equal(stage2["bn"]["scale"], [0.5, -0.1, 0.9])
     np.testing.assert_array_equal(stage2["stage2_block0"]["bn2"]["scale"], [0.3, 0.0])
+
+
+def test_the_ablation_by_block_counts_each_blocks_share_of_the_cut_in_block_order():
+    params = {"bn": {"scale": np.array([0.5, 0.9])},
+              "stage1_block10": {"bn1": {"scale": np.array([0.1, 0.2])},
+                                 "bn2": {"scale": np.array([3.0])}},
+              "stage1_block2": {"shortcut_bn": {"scale": np.array([0.3, 4.0])}},
+              "stage2_block0": {"bn1": {"scale": np.array([0.05])}}}
+    seen = []
+
+    def test_metrics(ablated):
+        seen.append(partition.flatten(ablated))
+        return {"test_accuracy": float(len(seen))}
+
+    result = analyze.ablation_by_group(params, 0.5, analyze.GROUPINGS["block"], test_metrics)
+    groups = result["groups"]
+    assert list(groups) == ["stem", "stage1_block2", "stage1_block10", "stage2_block0"]
+    # the smallest 4 of 8: 0.05, 0.1, 0.2, 0.3
+    assert {g: (v["gammas_zeroed"], v["gammas"]) for g, v in groups.items()} == {
+        "stem": (0, 2), "stage1_block2": (1, 2), "stage1_block10": (2, 3),
+        "stage2_block0": (1, 1)}
+    np.testing.assert_array_equal(seen[2]["stage1_block10/bn1/scale"], [0.0, 0.0])
+    np.testing.assert_array_equal(seen[2]["stage2_block0/bn1/scale"], [0.05])
+    assert groups["stage2_block0"]["test_accuracy"] == 4.0
 
 
 @pytest.fixture(scope="module")
@@ -108,15 +132,15 @@ def test_the_ablation_by_stage_zeroes_one_stage_at_a_time(trained, tmp_path):
     result = analyze.analyze(changed, by_stage=0.2)
     by_stage = result["ablation_by_stage"]
     assert by_stage["fraction_zeroed"] == 0.2
-    assert list(by_stage["stages"]) == ["stem", "stage1", "stage2", "stage3"]
+    assert list(by_stage["groups"]) == ["stem", "stage1", "stage2", "stage3"]
     # the tiny network's accuracy barely moves, its test loss does
     metrics = ("test_accuracy", "test_loss")
     unablated = {k: result["ablation"][0][k] for k in metrics}
-    assert {k: by_stage["stages"]["stage3"][k] for k in metrics} == unablated
-    assert by_stage["stages"]["stage3"]["gammas_zeroed"] == 0
-    assert {k: by_stage["stages"]["stem"][k] for k in metrics} != unablated
-    assert sum(s["gammas"] for s in by_stage["stages"].values()) == every.size
-    assert sum(s["gammas_zeroed"] for s in by_stage["stages"].values()) == round(0.2 * every.size)
+    assert {k: by_stage["groups"]["stage3"][k] for k in metrics} == unablated
+    assert by_stage["groups"]["stage3"]["gammas_zeroed"] == 0
+    assert {k: by_stage["groups"]["stem"][k] for k in metrics} != unablated
+    assert sum(s["gammas"] for s in by_stage["groups"].values()) == every.size
+    assert sum(s["gammas_zeroed"] for s in by_stage["groups"].values()) == round(0.2 * every.size)
 
     cut = np.sort(every)[round(0.2 * every.size) - 1]
     stem = params["bn"]["scale"]
@@ -125,14 +149,14 @@ def test_the_ablation_by_stage_zeroes_one_stage_at_a_time(trained, tmp_path):
     mesh = make_mesh()
     by_hand = evaluate(make_eval_step(trained.setup.model), mesh, replicate(state, mesh),
                        replicate({}, mesh), load_eval_split(trained.config.data), 8)
-    assert {k: by_stage["stages"]["stem"][k] for k in metrics} == {
+    assert {k: by_stage["groups"]["stem"][k] for k in metrics} == {
         "test_accuracy": by_hand["accuracy"], "test_loss": by_hand["loss"]}
-    assert by_stage["stages"]["stem"]["gammas_zeroed"] == int(np.sum(np.abs(stem) <= cut))
+    assert by_stage["groups"]["stem"]["gammas_zeroed"] == int(np.sum(np.abs(stem) <= cut))
 
     analyze.write_outputs([result], str(tmp_path))
     report = open(tmp_path / "report.md").read()
     assert "| accuracy, 20% smallest gammas zeroed in stage3 only | " in report
-    assert f"(0 of {by_stage['stages']['stage3']['gammas']:,} zeroed)" in report
+    assert f"(0 of {by_stage['groups']['stage3']['gammas']:,} zeroed)" in report
 
 
 @pytest.mark.parametrize("name,norm,relu_fed", [
@@ -154,7 +178,8 @@ def test_every_family_and_normalisation_is_analyzed(image_folder, tmp_path, name
     config = tiny_config_for(image_folder, str(tmp_path / "cache"))
     config.model.name, config.model.norm = name, norm
     setup, state = initialize(config, 3, (32, 32, 3), steps_per_epoch=1)
-    result = analyze.analyze(TrainedModel(config, setup, state, {"step": 0}), by_stage=0.5)
+    result = analyze.analyze(TrainedModel(config, setup, state, {"step": 0}), by_stage=0.5,
+                             by_block=0.5)
     assert set(result["disabled"]["disabled_by_layer"]) == relu_fed
     assert result["gamma"]["count"] == sum(
         v.size for p, v in partition.flatten(state.trainable).items() if p.endswith("scale"))
@@ -162,10 +187,14 @@ def test_every_family_and_normalisation_is_analyzed(image_folder, tmp_path, name
     stages = ([f"layer{i}" for i in range(8)] if name == "cifar_vgg_11"
               else ["stem", "stage1", "stage2", "stage3"])
     assert set(result["gamma"]["by_stage"]) == set(stages)
-    by_stage = result["ablation_by_stage"]["stages"]
+    by_stage = result["ablation_by_stage"]["groups"]
     assert list(by_stage) == stages
     assert sum(s["gammas_zeroed"] for s in by_stage.values()) == \
         round(0.5 * result["gamma"]["count"])
+    by_block = result["ablation_by_block"]["groups"]
+    assert list(by_block) == ([f"layer{i}" for i in range(8)] if name == "cifar_vgg_11" else
+                              ["stem", "stage1_block0", "stage2_block0", "stage3_block0"])
+    assert sum(b["gammas"] for b in by_block.values()) == result["gamma"]["count"]
     written = analyze.write_outputs([result], str(tmp_path / "out"))
     label, file_name = ((name, f"analysis_1_{name}_bn") if norm == "batchnorm"
                         else (f"{name} ({norm})", f"analysis_1_{name}_{norm}_bn"))

@@ -135,11 +135,12 @@ def test_a_flag_of_another_command_is_refused(tmp_path):
     assert result.returncode == 2 and "does not take --config.seed" in result.stderr
 
 
-def test_analyze_refuses_a_by_stage_that_is_not_a_fraction(tmp_path):
+@pytest.mark.parametrize("flag", ["by_stage", "by_block"])
+def test_analyze_refuses_a_group_ablation_that_is_not_a_fraction(tmp_path, flag):
     export = os.path.join(REPO, "docs", "reproduction", "r14_bn_20.bnjax")
-    result = bnjax("analyze", f"--export={export}", f"--out={tmp_path / 'out'}", "--by_stage=50")
+    result = bnjax("analyze", f"--export={export}", f"--out={tmp_path / 'out'}", f"--{flag}=50")
     assert result.returncode == 2
-    assert "--by_stage=50.0 is not a fraction of the gammas; give a number in (0, 1]" in \
+    assert f"--{flag}=50.0 is not a fraction of the gammas; give a number in (0, 1]" in \
         result.stderr
     assert not (tmp_path / "out").exists()
 
