@@ -175,7 +175,7 @@ def ablation_by_group(params, fraction: float, group_of, test_metrics) -> dict:
     gamma count and how many the cut zeroed there."""
     before = gammas(params)
     groups = {}
-    for group in sorted({group_of(path) for path in before}, key=_group_order):
+    for group in sorted({group_of(path) for path in before}, key=tables.part_order):
         def inside(path, group=group):
             return group_of(path) == group
         ablated = zero_smallest_gammas(params, fraction, inside)
@@ -187,12 +187,6 @@ def ablation_by_group(params, fraction: float, group_of, test_metrics) -> dict:
 
 def _zeros(gamma_by_layer: dict) -> int:
     return int(sum(np.sum(values == 0) for values in gamma_by_layer.values()))
-
-
-def _group_order(group: str) -> tuple:
-    """The stem first, then by the numbers in the name (layer10 after layer9, stage1_block10
-    after stage1_block9)."""
-    return group != "stem", tuple(int(number) for number in re.findall(r"\d+", group))
 
 
 def _other_norm(result: dict) -> str | None:

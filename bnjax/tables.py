@@ -3,6 +3,7 @@ analysis report of `bnjax analyze`."""
 from __future__ import annotations
 
 import csv
+import re
 
 from bnjax.config import MODES
 from bnjax.results import mean, model_order, value_order, varied_fields
@@ -73,26 +74,37 @@ def analysis_report(results: list[dict], labels: list[str]) -> str:
     for index, point in enumerate(results[0]["ablation"]):
         rows.append([f"accuracy, {100 * point['fraction_zeroed']:.0f}% smallest gammas zeroed",
                      *(f"{100 * r['ablation'][index]['test_accuracy']:.2f}%" for r in results)])
+    reported: set = set()  # the stem is a stage and a block: one row
     for grouping in ("stage", "block"):
-        rows += _ablation_by_group_rows(results, f"ablation_by_{grouping}")
+        rows += _ablation_by_group_rows(results, f"ablation_by_{grouping}", reported)
     lines = ["| | " + " | ".join(labels) + " |", "|---" * (len(labels) + 1) + "|",
              *("| " + " | ".join(cells) + " |" for cells in rows)]
     return "\n".join(lines) + "\n\nDisabled channel: " + results[0]["disabled"]["definition"] \
         + ".\n"
 
 
-def _ablation_by_group_rows(results: list[dict], field: str) -> list[list[str]]:
-    """A row per group of `bnjax analyze --by_stage` or `--by_block`'s ablation (`field`), "-"
-    where a run has no such group or no such ablation."""
+def _ablation_by_group_rows(results: list[dict], field: str, reported: set) -> list[list[str]]:
+    """A row per group of `bnjax analyze --by_stage` or `--by_block`'s ablation (`field`) not in
+    `reported` (which it extends), in network order; "-" where a run has no such group or no
+    such ablation."""
     by_group = [r.get(field) for r in results]
     if not any(by_group):
         return []
     fraction = next(b for b in by_group if b)["fraction_zeroed"]
-    groups = list(dict.fromkeys(group for b in by_group if b for group in b["groups"]))
+    groups = sorted({group for b in by_group if b for group in b["groups"]} - reported,
+                    key=part_order)
+    reported.update(groups)
     return [[f"accuracy, {100 * fraction:.0f}% smallest gammas zeroed in {group} only",
              *(_group_cell(b["groups"][group]) if b and group in b["groups"] else "-"
                for b in by_group)]
             for group in groups]
+
+
+def part_order(name: str) -> tuple:
+    """Parts of a network (the stem, stages, blocks, a VGG's layers) in network order: the stem
+    first, then by the numbers in the name (layer10 after layer9, stage1_block10 after
+    stage1_block9)."""
+    return name != "stem", tuple(int(number) for number in re.findall(r"\d+", name))
 
 
 def _group_cell(point: dict) -> str:

@@ -69,6 +69,29 @@ def test_the_ablation_by_block_counts_each_blocks_share_of_the_cut_in_block_orde
     assert groups["stage2_block0"]["test_accuracy"] == 4.0
 
 
+def test_the_report_lists_each_part_once_in_network_order_across_depths():
+    def point(accuracy):
+        return {"test_accuracy": accuracy, "test_loss": 1.0, "gammas": 4, "gammas_zeroed": 2}
+
+    def result(blocks):
+        groups = {"stem": point(0.4), **{f"stage1_block{b}": point(0.3) for b in blocks}}
+        return {"gamma": {"count": 8, "fraction_abs_below_0.01": 0.0, "fraction_negative": 0.0},
+                "disabled": {"disabled": 0, "channels": 4, "fraction_disabled": 0.0,
+                             "definition": "d"},
+                "ablation": [{"fraction_zeroed": 0.0, "test_accuracy": 0.5}],
+                "ablation_by_stage": {"fraction_zeroed": 0.5,
+                                      "groups": {"stem": point(0.4), "stage1": point(0.2)}},
+                "ablation_by_block": {"fraction_zeroed": 0.5, "groups": groups}}
+
+    report = tables.analysis_report([result([0, 1]), result([0, 1, 2, 10])], ["short", "deep"])
+    parts = [line.split(" zeroed in ")[1].split(" only")[0] for line in report.splitlines()
+             if " zeroed in " in line]
+    assert parts == ["stem", "stage1", "stage1_block0", "stage1_block1", "stage1_block2",
+                     "stage1_block10"]
+    assert "| accuracy, 50% smallest gammas zeroed in stage1_block10 only | - | 30.00% (2 of 4 " \
+           "zeroed) |" in report
+
+
 @pytest.fixture(scope="module")
 def trained(image_folder, tmp_path_factory):
     from conftest import tiny_config_for
