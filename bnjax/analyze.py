@@ -104,25 +104,32 @@ def disabled_channels(model, variables, data, batch_size: int) -> dict:
             "disabled_by_layer": layers}
 
 
-def zero_smallest_gammas(params, fraction: float, only=None):
-    """params with the `fraction` of gammas of smallest |gamma| (ranked network-wide) set to 0;
-    with `only` (a predicate on module paths), only those of them whose path it accepts."""
+def smallest_gammas(params, fraction: float) -> dict:
+    """{gamma path: mask of its entries among the `fraction` of gammas of smallest |gamma|,
+    ranked network-wide}."""
     flat = partition.flatten(params)
     paths = [p for p in flat if partition.role_of(p) == "gamma"]
     every = np.concatenate([np.abs(np.asarray(flat[p])) for p in paths])
-    count = int(round(fraction * every.size))
-    if count == 0:
-        return params
-    threshold_rank = np.argsort(every, kind="stable")[:count]
-    keep = np.ones(every.size, bool)
-    keep[threshold_rank] = False
-    offset, updated = 0, dict(flat)
-    for path in paths:
-        size = flat[path].size
-        if only is None or only(path):
-            updated[path] = np.where(keep[offset:offset + size], np.asarray(flat[path]), 0.0)
-        offset += size
-    return partition.unflatten(updated)
+    cut = np.zeros(every.size, bool)
+    cut[np.argsort(every, kind="stable")[:int(round(fraction * every.size))]] = True
+    sizes = np.cumsum([flat[p].size for p in paths])[:-1]
+    return dict(zip(paths, np.split(cut, sizes)))
+
+
+def zero_smallest_gammas(params, fraction: float, only=None):
+    """params with the `fraction` of gammas of smallest |gamma| (ranked network-wide) set to 0;
+    with `only` (a predicate on module paths), only those of them whose path it accepts."""
+    return _zeroed(params, smallest_gammas(params, fraction), only)
+
+
+def _zeroed(params, cut: dict, only=None):
+    """params with the gammas in `cut` (smallest_gammas) set to 0 where only(path) holds."""
+    flat = partition.flatten(params)
+    for path, mask in cut.items():
+        if mask.any() and (only is None or only(path)):
+            flat[path] = np.where(mask.reshape(np.shape(flat[path])), 0.0,
+                                  np.asarray(flat[path]))
+    return partition.unflatten(flat)
 
 
 def analyze(trained, data_source: str | None = None, by_stage: float | None = None,
@@ -173,20 +180,15 @@ def ablation_by_group(params, fraction: float, group_of, test_metrics) -> dict:
     """The network-wide smallest `fraction` of gammas zeroed in one group (group_of(path): a
     stage, a block) at a time, the stem first: each group's test_metrics(ablated params), its
     gamma count and how many the cut zeroed there."""
-    before = gammas(params)
+    cut = smallest_gammas(params, fraction)
     groups = {}
-    for group in sorted({group_of(path) for path in before}, key=tables.part_order):
+    for group in sorted({group_of(path) for path in cut}, key=tables.part_order):
         def inside(path, group=group):
             return group_of(path) == group
-        ablated = zero_smallest_gammas(params, fraction, inside)
-        groups[group] = {**test_metrics(ablated),
-                         "gammas": sum(v.size for p, v in before.items() if inside(p)),
-                         "gammas_zeroed": _zeros(gammas(ablated)) - _zeros(before)}
+        groups[group] = {**test_metrics(_zeroed(params, cut, inside)),
+                         "gammas": sum(m.size for p, m in cut.items() if inside(p)),
+                         "gammas_zeroed": int(sum(m.sum() for p, m in cut.items() if inside(p)))}
     return {"fraction_zeroed": fraction, "groups": groups}
-
-
-def _zeros(gamma_by_layer: dict) -> int:
-    return int(sum(np.sum(values == 0) for values in gamma_by_layer.values()))
 
 
 def _other_norm(result: dict) -> str | None:
