@@ -7,8 +7,8 @@
   `shortcut_bn` are summed before their ReLU, so no channel of theirs can be judged alone.)
 - ablation: set the gammas with the smallest |gamma| (ranked over the whole network) to zero and
   measure test accuracy and loss against the fraction zeroed; optionally (`by_stage`,
-  `by_block`) zero one fraction's gammas in one stage or residual block at a time, to see where
-  a loss comes from.
+  `by_block`, `by_layer`) zero one fraction's gammas in one stage, residual block or
+  normalisation layer at a time, to see where a loss comes from.
 Several runs (e.g. a `bn` and an `all` run) give a side-by-side report.
 """
 from __future__ import annotations
@@ -46,8 +46,15 @@ def _block(path: str) -> str:
     return match.group(1) if match else _stage(path)
 
 
-# how `bnjax analyze --by_stage / --by_block` groups the gammas
-GROUPINGS = {"stage": _stage, "block": _block}
+def _layer(path: str) -> str:
+    """ResNets by normalisation layer inside a residual block (bn1, bn2, shortcut_bn), the stem
+    and a VGG's layers whole (each has one)."""
+    match = re.match(r"(stage\d+_block\d+/[^/]+)/", path)
+    return match.group(1) if match else _block(path)
+
+
+# how `bnjax analyze --by_stage / --by_block / --by_layer` groups the gammas
+GROUPINGS = {"stage": _stage, "block": _block, "layer": _layer}
 
 
 def _by_stage(gamma_by_layer: dict) -> dict:
@@ -133,11 +140,11 @@ def _zeroed(params, cut: dict, only=None):
 
 
 def analyze(trained, data_source: str | None = None, by_stage: float | None = None,
-            by_block: float | None = None) -> dict:
+            by_block: float | None = None, by_layer: float | None = None) -> dict:
     """All analyses of one trained model (bnjax.trained.TrainedModel) on its test split; with
-    `by_stage` or `by_block` (a fraction), also the accuracy with that fraction's gammas (ranked
-    network-wide) zeroed in one stage, or one residual block, at a time, which tells where an
-    ablation's loss comes from."""
+    `by_stage`, `by_block` or `by_layer` (a fraction), also the accuracy with that fraction's
+    gammas (ranked network-wide) zeroed in one stage, residual block or normalisation layer at a
+    time, which tells where an ablation's loss comes from."""
     config = trained.config
     if data_source:
         config.data.source = data_source
@@ -169,7 +176,7 @@ def analyze(trained, data_source: str | None = None, by_stage: float | None = No
                                             test, config.eval.batch_size),
               "ablation": ablation,
               "_gammas": {k: v.tolist() for k, v in gamma_by_layer.items()}}
-    for grouping, fraction in (("stage", by_stage), ("block", by_block)):
+    for grouping, fraction in (("stage", by_stage), ("block", by_block), ("layer", by_layer)):
         if fraction is not None:
             result[f"ablation_by_{grouping}"] = ablation_by_group(
                 params, fraction, GROUPINGS[grouping], test_metrics)

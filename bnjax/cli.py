@@ -43,6 +43,8 @@ _BY_STAGE = flags.DEFINE_float("by_stage", None, "analyze: also zero this fracti
                                 "from.")
 _BY_BLOCK = flags.DEFINE_float("by_block", None, "analyze: as --by_stage, one residual block "
                                 "(a VGG: one layer) at a time.")
+_BY_LAYER = flags.DEFINE_float("by_layer", None, "analyze: as --by_stage, one normalisation "
+                                "layer (a block's bn1, bn2, shortcut_bn) at a time.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Set a run already in --workdir aside "
                                "(renamed to <workdir>.replaced-<time>) and start over.")
 _BRANCH = flags.DEFINE_bool("branch", False, "Continue the latest checkpoint in --workdir "
@@ -202,7 +204,7 @@ def cmd_analyze() -> None:
     if bool(_WORKDIR.value) == bool(_EXPORT.value):
         _fail("give --workdir=DIR[,DIR2] or --export=FILE[,FILE2] (one of them)")
     out = _require_flag(_OUT.value, "out", "--out=analysis")
-    for holder in (_BY_STAGE, _BY_BLOCK):
+    for holder in (_BY_STAGE, _BY_BLOCK, _BY_LAYER):
         if holder.value is not None and not 0 < holder.value <= 1:
             _fail(f"--{holder.name}={holder.value} is not a fraction of the gammas; give a "
                   f"number in (0, 1], e.g. --{holder.name}=0.5")
@@ -210,7 +212,8 @@ def cmd_analyze() -> None:
         models = [trained.from_workdir(w) for w in _WORKDIR.value.split(",")]
     else:
         models = [trained.from_export(e) for e in _EXPORT.value.split(",")]
-    results = [analyze.analyze(m, _DATA_SOURCE.value, _BY_STAGE.value, _BY_BLOCK.value)
+    results = [analyze.analyze(m, _DATA_SOURCE.value, _BY_STAGE.value, _BY_BLOCK.value,
+                               _BY_LAYER.value)
                for m in models]
     analyze.write_outputs(results, out)
     print(analyze.report(results), end="")
@@ -262,7 +265,7 @@ COMMANDS = {
         "bnjax aggregate --workdir=runs/sweep1"),
     "analyze": Command(
         cmd_analyze, "gamma histograms, disabled channels and the gamma-zeroing ablation",
-        ("workdir", "export", "out", "data_source", "by_stage", "by_block"),
+        ("workdir", "export", "out", "data_source", "by_stage", "by_block", "by_layer"),
         "bnjax analyze --export=r14_bn.bnjax --out=analysis_r14 "
         "--data_source=../shared/data/cifar10-jpeg.tar.gz"),
     "bench": Command(

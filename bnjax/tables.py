@@ -74,8 +74,8 @@ def analysis_report(results: list[dict], labels: list[str]) -> str:
     for index, point in enumerate(results[0]["ablation"]):
         rows.append([f"accuracy, {100 * point['fraction_zeroed']:.0f}% smallest gammas zeroed",
                      *(f"{100 * r['ablation'][index]['test_accuracy']:.2f}%" for r in results)])
-    reported: set = set()  # the stem is a stage and a block: one row
-    for grouping in ("stage", "block"):
+    reported: set = set()  # the stem is a stage, a block and a layer: one row
+    for grouping in ("stage", "block", "layer"):
         rows += _ablation_by_group_rows(results, f"ablation_by_{grouping}", reported)
     lines = ["| | " + " | ".join(labels) + " |", "|---" * (len(labels) + 1) + "|",
              *("| " + " | ".join(cells) + " |" for cells in rows)]
@@ -84,9 +84,9 @@ def analysis_report(results: list[dict], labels: list[str]) -> str:
 
 
 def _ablation_by_group_rows(results: list[dict], field: str, reported: set) -> list[list[str]]:
-    """A row per group of `bnjax analyze --by_stage` or `--by_block`'s ablation (`field`) not in
-    `reported` (which it extends), in network order; "-" where a run has no such group or no
-    such ablation."""
+    """A row per group of `bnjax analyze --by_stage`, `--by_block` or `--by_layer`'s ablation
+    (`field`) not in `reported` (which it extends), in network order; "-" where a run has no
+    such group or no such ablation."""
     by_group = [r.get(field) for r in results]
     if not any(by_group):
         return []
@@ -101,10 +101,11 @@ def _ablation_by_group_rows(results: list[dict], field: str, reported: set) -> l
 
 
 def part_order(name: str) -> tuple:
-    """Parts of a network (the stem, stages, blocks, a VGG's layers) in network order: the stem
-    first, then by the numbers in the name (layer10 after layer9, stage1_block10 after
-    stage1_block9)."""
-    return name != "stem", tuple(int(number) for number in re.findall(r"\d+", name))
+    """Parts of a network (the stem, stages, blocks, a block's layers, a VGG's layers) in
+    network order: the stem first, then by the numbers in the name (layer10 after layer9,
+    stage1_block10 after stage1_block9), a block's layers by name (bn1, bn2, shortcut_bn)."""
+    block, _, layer = name.partition("/")
+    return name != "stem", tuple(int(number) for number in re.findall(r"\d+", block)), layer
 
 
 def _group_cell(point: dict) -> str:

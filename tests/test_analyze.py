@@ -69,6 +69,34 @@ def test_the_ablation_by_block_counts_each_blocks_share_of_the_cut_in_block_orde
     assert groups["stage2_block0"]["test_accuracy"] == 4.0
 
 
+def test_the_ablation_by_layer_zeroes_one_normalisation_layer_at_a_time_in_block_order():
+    params = {"bn": {"scale": np.array([0.5, 0.9])},
+              "stage1_block0": {"bn1": {"scale": np.array([0.1, 2.0])},
+                                "bn2": {"scale": np.array([0.2, 0.05])}},
+              "stage2_block0": {"bn1": {"scale": np.array([3.0])},
+                                "bn2": {"scale": np.array([4.0])},
+                                "shortcut_bn": {"scale": np.array([0.3, 0.4])}}}
+    seen = []
+
+    def test_metrics(ablated):
+        seen.append(partition.flatten(ablated))
+        return {"test_accuracy": float(len(seen))}
+
+    groups = analyze.ablation_by_group(params, 0.5, analyze.GROUPINGS["layer"],
+                                       test_metrics)["groups"]
+    assert list(groups) == ["stem", "stage1_block0/bn1", "stage1_block0/bn2",
+                            "stage2_block0/bn1", "stage2_block0/bn2",
+                            "stage2_block0/shortcut_bn"]
+    # the smallest 5 of 10: 0.05, 0.1, 0.2, 0.3, 0.4
+    assert {g: (v["gammas_zeroed"], v["gammas"]) for g, v in groups.items()} == {
+        "stem": (0, 2), "stage1_block0/bn1": (1, 2), "stage1_block0/bn2": (2, 2),
+        "stage2_block0/bn1": (0, 1), "stage2_block0/bn2": (0, 1),
+        "stage2_block0/shortcut_bn": (2, 2)}
+    np.testing.assert_array_equal(seen[2]["stage1_block0/bn2/scale"], [0.0, 0.0])
+    np.testing.assert_array_equal(seen[2]["stage1_block0/bn1/scale"], [0.1, 2.0])
+    np.testing.assert_array_equal(seen[2]["stage2_block0/shortcut_bn/scale"], [0.3, 0.4])
+
+
 def test_the_report_lists_each_part_once_in_network_order_across_depths():
     def point(accuracy):
         return {"test_accuracy": accuracy, "test_loss": 1.0, "gammas": 4, "gammas_zeroed": 2}
@@ -81,13 +109,19 @@ def test_the_report_lists_each_part_once_in_network_order_across_depths():
                 "ablation": [{"fraction_zeroed": 0.0, "test_accuracy": 0.5}],
                 "ablation_by_stage": {"fraction_zeroed": 0.5,
                                       "groups": {"stem": point(0.4), "stage1": point(0.2)}},
-                "ablation_by_block": {"fraction_zeroed": 0.5, "groups": groups}}
+                "ablation_by_block": {"fraction_zeroed": 0.5, "groups": groups},
+                "ablation_by_layer": {"fraction_zeroed": 0.5, "groups": {
+                    "stem": point(0.4), **{f"stage1_block{b}/{layer}": point(0.3)
+                                           for b in blocks for layer in ("shortcut_bn", "bn2",
+                                                                         "bn1")}}}}
 
     report = tables.analysis_report([result([0, 1]), result([0, 1, 2, 10])], ["short", "deep"])
     parts = [line.split(" zeroed in ")[1].split(" only")[0] for line in report.splitlines()
              if " zeroed in " in line]
+    layers = [f"stage1_block{b}/{layer}" for b in (0, 1, 2, 10)
+              for layer in ("bn1", "bn2", "shortcut_bn")]
     assert parts == ["stem", "stage1", "stage1_block0", "stage1_block1", "stage1_block2",
-                     "stage1_block10"]
+                     "stage1_block10", *layers]
     assert "| accuracy, 50% smallest gammas zeroed in stage1_block10 only | - | 30.00% (2 of 4 " \
            "zeroed) |" in report
 
@@ -202,7 +236,7 @@ def test_every_family_and_normalisation_is_analyzed(image_folder, tmp_path, name
     config.model.name, config.model.norm = name, norm
     setup, state = initialize(config, 3, (32, 32, 3), steps_per_epoch=1)
     result = analyze.analyze(TrainedModel(config, setup, state, {"step": 0}), by_stage=0.5,
-                             by_block=0.5)
+                             by_block=0.5, by_layer=0.5)
     assert set(result["disabled"]["disabled_by_layer"]) == relu_fed
     assert result["gamma"]["count"] == sum(
         v.size for p, v in partition.flatten(state.trainable).items() if p.endswith("scale"))
@@ -218,6 +252,12 @@ def test_every_family_and_normalisation_is_analyzed(image_folder, tmp_path, name
     assert list(by_block) == ([f"layer{i}" for i in range(8)] if name == "cifar_vgg_11" else
                               ["stem", "stage1_block0", "stage2_block0", "stage3_block0"])
     assert sum(b["gammas"] for b in by_block.values()) == result["gamma"]["count"]
+    by_layer = result["ablation_by_layer"]["groups"]
+    assert list(by_layer) == ([f"layer{i}" for i in range(8)] if name == "cifar_vgg_11" else
+                              ["stem", "stage1_block0/bn1", "stage1_block0/bn2",
+                               *(f"stage{s}_block0/{layer}" for s in (2, 3)
+                                 for layer in ("bn1", "bn2", "shortcut_bn"))])
+    assert sum(b["gammas"] for b in by_layer.values()) == result["gamma"]["count"]
     written = analyze.write_outputs([result], str(tmp_path / "out"))
     label, file_name = ((name, f"analysis_1_{name}_bn") if norm == "batchnorm"
                         else (f"{name} ({norm})", f"analysis_1_{name}_{norm}_bn"))

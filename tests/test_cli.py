@@ -135,7 +135,7 @@ def test_a_flag_of_another_command_is_refused(tmp_path):
     assert result.returncode == 2 and "does not take --config.seed" in result.stderr
 
 
-@pytest.mark.parametrize("flag", ["by_stage", "by_block"])
+@pytest.mark.parametrize("flag", ["by_stage", "by_block", "by_layer"])
 def test_analyze_refuses_a_group_ablation_that_is_not_a_fraction(tmp_path, flag):
     export = os.path.join(REPO, "docs", "reproduction", "r14_bn_20.bnjax")
     result = bnjax("analyze", f"--export={export}", f"--out={tmp_path / 'out'}", f"--{flag}=50")
