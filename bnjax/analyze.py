@@ -139,6 +139,37 @@ def _zeroed(params, cut: dict, only=None):
     return partition.unflatten(flat)
 
 
+def test_split(trained, data_source: str | None = None):
+    """The trained model's test split, from `data_source` where given (else its run's)."""
+    config = trained.config
+    if data_source:
+        config.data.source = data_source
+    return data_lib.load_eval_split(config.data, parse_name(config.model.name).image_size,
+                                    config.seed)
+
+
+def all_params(trained) -> dict:
+    """Every parameter of the trained model, trainable and frozen, in one tree."""
+    return partition.merge(jax.device_get(trained.state.trainable), trained.setup.frozen)
+
+
+def test_metrics_of(trained, test):
+    """A function: params (all_params' tree, e.g. with gammas zeroed) -> their test accuracy and
+    loss on `test`, with the trained model's batch statistics."""
+    mesh = make_mesh()
+    eval_step = make_eval_step(trained.setup.model)
+    batch_stats = jax.device_get(trained.state.batch_stats)
+
+    def test_metrics(params) -> dict:
+        # the whole tree goes in as "trainable" (frozen empty): gammas may be frozen
+        state = trained.state.replace(trainable=params, batch_stats=batch_stats)
+        result = evaluate(eval_step, mesh, replicate(state, mesh), replicate({}, mesh), test,
+                          trained.config.eval.batch_size)
+        return {"test_accuracy": result["accuracy"], "test_loss": result["loss"]}
+
+    return test_metrics
+
+
 def analyze(trained, data_source: str | None = None, by_stage: float | None = None,
             by_block: float | None = None, by_layer: float | None = None) -> dict:
     """All analyses of one trained model (bnjax.trained.TrainedModel) on its test split; with
@@ -146,23 +177,11 @@ def analyze(trained, data_source: str | None = None, by_stage: float | None = No
     gammas (ranked network-wide) zeroed in one stage, residual block or normalisation layer at a
     time, which tells where an ablation's loss comes from."""
     config = trained.config
-    if data_source:
-        config.data.source = data_source
-    test = data_lib.load_eval_split(
-        config.data, parse_name(config.model.name).image_size, config.seed)
-    params = partition.merge(jax.device_get(trained.state.trainable), trained.setup.frozen)
+    test = test_split(trained, data_source)
+    params = all_params(trained)
     batch_stats = jax.device_get(trained.state.batch_stats)
     model = trained.setup.model
-    mesh = make_mesh()
-    eval_step = make_eval_step(model)
-
-    def test_metrics(ablated) -> dict:
-        # the whole ablated tree goes in as "trainable" (frozen empty): gammas may be frozen
-        state = trained.state.replace(trainable=ablated, batch_stats=batch_stats)
-        result = evaluate(eval_step, mesh, replicate(state, mesh), replicate({}, mesh), test,
-                          config.eval.batch_size)
-        return {"test_accuracy": result["accuracy"], "test_loss": result["loss"]}
-
+    test_metrics = test_metrics_of(trained, test)
     ablation = [{"fraction_zeroed": fraction,
                  **test_metrics(zero_smallest_gammas(params, fraction))}
                 for fraction in ABLATION_FRACTIONS]

@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from bnjax import figures
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -148,3 +150,38 @@ def test_budget_curve_reads_runs_then_shipped_files(tmp_path):
     (shipped / "r14_bn_20.metrics.json").write_text(json.dumps({"test_accuracy": 0.44}))
     found = budget_curve.load(str(runs), str(shipped))
     assert {epochs: m["test_accuracy"] for epochs, m in found.items()} == {5: 0.40, 20: 0.44}
+
+
+def test_layer_combinations_cut_every_combination_of_a_blocks_layers():
+    import numpy as np
+
+    from bnjax import partition
+
+    sys.path.insert(0, os.path.join(REPO, "launch"))
+    try:
+        import layer_combinations
+    finally:
+        sys.path.pop(0)
+
+    params = {"bn": {"scale": np.array([0.9])},
+              "stage2_block0": {"shortcut_bn": {"scale": np.array([0.1, 2.0])},
+                                "bn1": {"scale": np.array([0.2])},
+                                "bn2": {"scale": np.array([3.0, 4.0])}},
+              "stage2_block1": {"bn1": {"scale": np.array([0.3])}}}
+    assert layer_combinations.block_layers(params, "stage2_block0") == [
+        "stage2_block0/bn1", "stage2_block0/bn2", "stage2_block0/shortcut_bn"]
+
+    def test_metrics(ablated):  # the accuracy says which gammas were zeroed
+        zeroed = [path for path, value in partition.flatten(ablated).items()
+                  if (np.asarray(value) == 0).any()]
+        return {"test_accuracy": ",".join(sorted(zeroed))}
+
+    # the smallest 3 of 7 (0.1, 0.2, 0.3): none of them in bn2; stage2_block1 never cut
+    result = layer_combinations.accuracies(params, "stage2_block0", 3 / 7, test_metrics)
+    assert list(result) == ["nothing", "bn1", "bn2", "shortcut_bn", "bn1+bn2", "bn1+shortcut_bn",
+                            "bn2+shortcut_bn", "bn1+bn2+shortcut_bn"]
+    assert result["nothing"] == result["bn2"] == ""
+    assert result["bn1+shortcut_bn"] == "stage2_block0/bn1/scale,stage2_block0/shortcut_bn/scale"
+    assert result["bn1+bn2+shortcut_bn"] == result["bn1+shortcut_bn"]
+    with pytest.raises(SystemExit, match="no normalisation layer under stage4_block0/"):
+        layer_combinations.accuracies(params, "stage4_block0", 0.5, test_metrics)
