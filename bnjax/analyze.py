@@ -85,9 +85,9 @@ def gamma_statistics(gamma_by_layer: dict) -> dict:
     return result
 
 
-def disabled_channels(model, variables, data, batch_size: int) -> dict:
-    """Per ReLU-fed normalisation layer: which channels never produce a positive output on
-    `data`. (The layers apply the ReLU themselves and record its output as 'relu_output'.)"""
+def relu_output_maxima(model, variables, data, batch_size: int) -> dict:
+    """{ReLU-fed normalisation layer: each channel's largest ReLU output on `data`}. (The layers
+    apply the ReLU themselves and record its output as 'relu_output'.)"""
     def batch_max(images):
         _, captured = model.apply(variables, normalize(images), train=False,
                                   mutable=["intermediates"])
@@ -101,6 +101,13 @@ def disabled_channels(model, variables, data, batch_size: int) -> dict:
         real = images[: int(weights.sum())]  # padding images are not test examples
         current = jax.device_get(batch_max(real))
         maxima = current if maxima is None else jax.tree.map(np.maximum, maxima, current)
+    return maxima
+
+
+def disabled_channels(model, variables, data, batch_size: int) -> dict:
+    """Per ReLU-fed normalisation layer: how many channels never produce a positive output on
+    `data`."""
+    maxima = relu_output_maxima(model, variables, data, batch_size)
     layers = {path: int(np.sum(values <= 0)) for path, values in maxima.items()}
     channels = sum(v.size for v in maxima.values())
     return {"definition": "ReLU output 0 at every position of every test image, for "

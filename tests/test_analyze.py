@@ -155,6 +155,22 @@ def test_a_channel_switched_off_by_bn_is_counted_as_disabled(trained):
                                               "stage3_block0/bn1"}
 
 
+def test_relu_output_maxima_are_each_channels_largest_relu_output(trained):
+    from bnjax.data import load_splits
+
+    params = partition.merge(jax.device_get(trained.state.trainable), trained.setup.frozen)
+    variables = {"params": params, "batch_stats": jax.device_get(trained.state.batch_stats)}
+    _, test = load_splits(trained.config.data)
+    bn1 = params["stage1_block0"]["bn1"]
+    bn1["scale"], bn1["bias"] = np.array(bn1["scale"]), np.array(bn1["bias"])
+    # without its gamma a channel is the constant beta: ReLU(0.75) and ReLU(-1)
+    bn1["scale"][0], bn1["bias"][0] = 0.0, 0.75
+    bn1["scale"][1], bn1["bias"][1] = 0.0, -1.0
+    maxima = analyze.relu_output_maxima(trained.setup.model, variables, test, 8)
+    assert maxima["stage1_block0/bn1"][:2] == pytest.approx([0.75, 0.0])
+    assert (maxima["stage1_block0/bn1"][2:] > 0).any()
+
+
 def test_analyze_writes_report_and_plots(trained, tmp_path):
     result = analyze.analyze(trained)
     assert [a["fraction_zeroed"] for a in result["ablation"]] == list(analyze.ABLATION_FRACTIONS)
