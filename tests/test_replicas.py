@@ -186,8 +186,10 @@ def test_a_role_lr_scale_scales_that_roles_updates_only(config, tmp_path):
     assert any(path.endswith("/bias") for path in plain)
     for path, move in plain.items():
         factor = 4.0 if partition.role_of(path) == "beta" else 1.0
-        # the first step's update is -lr * g: scaling it by a power of two is exact
-        np.testing.assert_array_equal(scaled[path], move * factor)
+        # the two runs are two compiled programs, whose updates may differ in the last bit (seen
+        # on an AMD Zen 3: one gamma 1 ulp apart); a missing or misplaced scale is a factor of 4
+        np.testing.assert_allclose(scaled[path], move * factor, rtol=1e-5, atol=1e-8,
+                                   err_msg=path)
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "adamw"])
