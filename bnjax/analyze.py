@@ -186,8 +186,6 @@ def analyze(trained, data_source: str | None = None, by_stage: float | None = No
     config = trained.config
     test = test_split(trained, data_source)
     params = all_params(trained)
-    batch_stats = jax.device_get(trained.state.batch_stats)
-    model = trained.setup.model
     test_metrics = test_metrics_of(trained, test)
     ablation = [{"fraction_zeroed": fraction,
                  **test_metrics(zero_smallest_gammas(params, fraction))}
@@ -198,8 +196,8 @@ def analyze(trained, data_source: str | None = None, by_stage: float | None = No
               "recipe": {field: config.train[field] for field in RECIPE_FIELDS},
               "step": trained.description.get("step"),
               "gamma": gamma_statistics(gamma_by_layer),
-              "disabled": disabled_channels(model, {"params": params, "batch_stats": batch_stats},
-                                            test, config.eval.batch_size),
+              "disabled": disabled_channels(trained.setup.model, trained.variables(), test,
+                                            config.eval.batch_size),
               "ablation": ablation,
               "_gammas": {k: v.tolist() for k, v in gamma_by_layer.items()}}
     for grouping, fraction in (("stage", by_stage), ("block", by_block), ("layer", by_layer)):

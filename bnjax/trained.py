@@ -29,6 +29,12 @@ class TrainedModel:
     state: TrainState  # trained leaves and statistics (from an export: step 0, fresh optimizer)
     description: dict  # the run description, the checkpoint step and final metrics
 
+    def variables(self) -> dict:
+        """What the model's apply takes: every parameter, trainable and frozen, in one tree, and
+        the batch statistics."""
+        return {"params": partition.merge(self.state.trainable, self.setup.frozen),
+                "batch_stats": self.state.batch_stats}
+
 
 def _rebuild(description: dict, where: str) -> tuple[ml_collections.ConfigDict, ModelSetup,
                                                     TrainState]:
@@ -144,8 +150,7 @@ def materialize(export_path: str, out_dir: str) -> str:
     trained = from_export(export_path)
     if os.path.exists(out_dir) and os.listdir(out_dir):
         raise CheckpointError(f"--out={out_dir} exists and is not empty; choose a new folder")
-    variables = {"params": partition.merge(trained.state.trainable, trained.setup.frozen),
-                 "batch_stats": trained.state.batch_stats}
+    variables = trained.variables()
     os.makedirs(out_dir, exist_ok=True)
     with ocp.StandardCheckpointer() as checkpointer:
         checkpointer.save(os.path.join(os.path.abspath(out_dir), "variables"), variables)

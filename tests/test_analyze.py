@@ -140,8 +140,8 @@ def trained(image_folder, tmp_path_factory):
 def test_a_channel_switched_off_by_bn_is_counted_as_disabled(trained):
     from bnjax.data import load_splits
 
-    params = partition.merge(jax.device_get(trained.state.trainable), trained.setup.frozen)
-    variables = {"params": params, "batch_stats": jax.device_get(trained.state.batch_stats)}
+    variables = trained.variables()
+    params = variables["params"]
     _, test = load_splits(trained.config.data)
     model = trained.setup.model
     before = analyze.disabled_channels(model, variables, test, 8)
@@ -158,8 +158,8 @@ def test_a_channel_switched_off_by_bn_is_counted_as_disabled(trained):
 def test_relu_output_maxima_are_each_channels_largest_relu_output(trained):
     from bnjax.data import load_splits
 
-    params = partition.merge(jax.device_get(trained.state.trainable), trained.setup.frozen)
-    variables = {"params": params, "batch_stats": jax.device_get(trained.state.batch_stats)}
+    variables = trained.variables()
+    params = variables["params"]
     _, test = load_splits(trained.config.data)
     bn1 = params["stage1_block0"]["bn1"]
     bn1["scale"], bn1["bias"] = np.array(bn1["scale"]), np.array(bn1["bias"])
