@@ -1,11 +1,25 @@
 """Shared fixtures: tiny configs and tiny generated image folders (tests never download)."""
-from bnjax import xla_flags
+import atexit
+import os
+import shutil
+import tempfile
+
+# The tests compile the same tiny programs again and again: in each test, in the other xdist
+# worker, and in the `bnjax train` subprocesses they start. One XLA compilation cache for the
+# whole test run, shared through the environment, compiles each program once (about half the
+# suite's time; docs/PERFORMANCE.md). A fresh folder each run, so no run reads another's code.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _compilation_cache = tempfile.mkdtemp(prefix="bnjax-tests-xla-cache-")
+    atexit.register(shutil.rmtree, _compilation_cache, ignore_errors=True)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _compilation_cache
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+
+from bnjax import xla_flags  # noqa: E402
 
 # The XLA:CPU settings of bnjax's commands, so that in-process runs compute as `bnjax train`
 # does (set before JAX starts a backend).
 xla_flags.apply_defaults()
 
-import os  # noqa: E402
 import tarfile  # noqa: E402
 
 import numpy as np  # noqa: E402
