@@ -156,6 +156,7 @@ class Reporter:
             self.tensorboard = summary_writer(os.path.join(workdir, "tensorboard"),
                                               start_step + 1 if start_step else None)
         self.started = time.time()
+        self._pace_from = None  # (step, time) of this process's first log line: after compiling
 
     def scalars(self, step: int, group: str, values: dict) -> None:
         if self.chief:
@@ -173,12 +174,24 @@ class Reporter:
         self.tensorboard.add_scalar("train/images_per_s", images_per_s, step)
         if not self.progress:
             return
-        remaining = (self.total_steps - step) * batch_size / images_per_s
+        remaining = self._remaining_s(step, batch_size, images_per_s)
         epoch = (step - 1) // self.steps_per_epoch + 1
         logging.info("epoch %d  step %d/%d (%.1f%%)  loss %.4f  acc %.4f  lr %.4g  "
                      "%.0f img/s  eta %s", epoch, step, self.total_steps,
                      100.0 * step / self.total_steps, values["loss"], values["accuracy"],
                      values["lr"], images_per_s, format_duration(remaining))
+
+    def _remaining_s(self, step: int, batch_size: int, images_per_s: float) -> float:
+        """Wall time to the last step at this process's pace since its first log line, so
+        evaluations and checkpoints count and one slow window does not swing it; before a
+        second line, at the window's pace."""
+        now = time.monotonic()
+        if self._pace_from is None:
+            self._pace_from = (step, now)
+        first_step, first_time = self._pace_from
+        if step > first_step:
+            return (self.total_steps - step) * (now - first_time) / (step - first_step)
+        return (self.total_steps - step) * batch_size / images_per_s
 
     def eval_result(self, step: int, epoch: int, values: dict) -> None:
         self.scalars(step, "test", values)

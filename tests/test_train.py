@@ -322,3 +322,30 @@ def test_a_log_window_across_an_lr_drop_logs_the_lr_of_its_last_step(tiny_config
     assert [line["step"] for line in lines] == [3, 6]  # windows close at epoch ends
     # the first window ran lr 0.1 once and 0.01 twice: its line says 0.01, not their mean
     assert lines[0]["lr"] == pytest.approx(0.01) and lines[1]["lr"] == pytest.approx(0.01)
+
+
+def test_the_eta_follows_the_pace_since_the_first_log_line(tmp_path, monkeypatch, caplog):
+    """Evaluations and checkpoints between log lines count; the speed of one window does not
+    swing the estimate."""
+    import time
+    import types
+
+    from absl import logging as absl_logging
+
+    from bnjax import metrics
+
+    clock = iter([1000.0, 1100.0, 1400.0])  # the three log lines' times
+    monkeypatch.setattr(metrics, "time", types.SimpleNamespace(monotonic=lambda: next(clock),
+                                                               time=time.time))
+    reporter = metrics.Reporter(str(tmp_path), total_steps=100, steps_per_epoch=10,
+                                start_step=0)
+    values = {"loss": 1.0, "accuracy": 0.5, "lr": 0.1}
+    absl_logging.set_verbosity(absl_logging.INFO)
+    with caplog.at_level("INFO"):
+        reporter.train_window(10, values, images_per_s=64.0, batch_size=8)  # 90 x 8 / 64 s
+        reporter.train_window(20, values, images_per_s=64.0, batch_size=8)  # 10 s a step
+        reporter.train_window(30, values, images_per_s=640.0, batch_size=8)  # a fast window
+    reporter.close()
+    etas = [record.getMessage().rsplit("eta ", 1)[1] for record in caplog.records
+            if "eta " in record.getMessage()]
+    assert etas == ["0m11s", "13m20s", "23m20s"]  # 80 x 10 s, then 70 x 20 s
