@@ -7,7 +7,8 @@ import tempfile
 # The tests compile the same tiny programs again and again: in each test, in the other xdist
 # worker, and in the `bnjax train` subprocesses they start. One XLA compilation cache for the
 # whole test run, shared through the environment, compiles each program once (about half the
-# suite's time; docs/PERFORMANCE.md). A fresh folder each run, so no run reads another's code.
+# suite's time; docs/PERFORMANCE.md, which says why some Intel CPUs never hit it). A fresh
+# folder each run, so no run reads another's code.
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     _compilation_cache = tempfile.mkdtemp(prefix="bnjax-tests-xla-cache-")
     atexit.register(shutil.rmtree, _compilation_cache, ignore_errors=True)
