@@ -65,11 +65,6 @@ def shard_batch(local_arrays, mesh: Mesh, leading_axes: int = 0):
                   NamedSharding(mesh, PartitionSpec(*[None] * leading_axes, "data")))
 
 
-def shard_stacked_batches(local_arrays, mesh: Mesh):
-    """As shard_batch, for batches stacked along a leading steps axis (steps, batch, ...)."""
-    return shard_batch(local_arrays, mesh, leading_axes=1)
-
-
 def _cross_entropy(logits, targets):
     return optax.softmax_cross_entropy_with_integer_labels(logits, targets)
 
