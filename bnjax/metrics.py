@@ -133,6 +133,25 @@ class Throughput:
         return {"train_s": self._seconds, "train_images": self._images}
 
 
+class Pace:
+    """The ETA of a progress line: the wall time to the last step at this process's pace since
+    its first log line (after compiling), so evaluations and checkpoints count and one slow or
+    fast window does not swing it; at the window's pace until there is a second line."""
+
+    def __init__(self, total_steps: int):
+        self.total_steps = total_steps
+        self._first = None  # (step, time) of the first log line
+
+    def remaining_s(self, step: int, window_s_per_step: float) -> float:
+        now = time.monotonic()
+        if self._first is None:
+            self._first = (step, now)
+        first_step, first_time = self._first
+        s_per_step = ((now - first_time) / (step - first_step) if step > first_step
+                      else window_s_per_step)
+        return (self.total_steps - step) * s_per_step
+
+
 class Reporter:
     """Progress lines on the log, scalars in <workdir>/tensorboard, and <workdir>/train_log.jsonl
     (one line per log window: the step and the window's mean loss, accuracy and lr).
@@ -156,7 +175,7 @@ class Reporter:
             self.tensorboard = summary_writer(os.path.join(workdir, "tensorboard"),
                                               start_step + 1 if start_step else None)
         self.started = time.time()
-        self._pace_from = None  # (step, time) of this process's first log line: after compiling
+        self.pace = Pace(total_steps)
 
     def scalars(self, step: int, group: str, values: dict) -> None:
         if self.chief:
@@ -174,24 +193,12 @@ class Reporter:
         self.tensorboard.add_scalar("train/images_per_s", images_per_s, step)
         if not self.progress:
             return
-        remaining = self._remaining_s(step, batch_size, images_per_s)
+        remaining = self.pace.remaining_s(step, batch_size / images_per_s)
         epoch = (step - 1) // self.steps_per_epoch + 1
         logging.info("epoch %d  step %d/%d (%.1f%%)  loss %.4f  acc %.4f  lr %.4g  "
                      "%.0f img/s  eta %s", epoch, step, self.total_steps,
                      100.0 * step / self.total_steps, values["loss"], values["accuracy"],
                      values["lr"], images_per_s, format_duration(remaining))
-
-    def _remaining_s(self, step: int, batch_size: int, images_per_s: float) -> float:
-        """Wall time to the last step at this process's pace since its first log line, so
-        evaluations and checkpoints count and one slow window does not swing it; before a
-        second line, at the window's pace."""
-        now = time.monotonic()
-        if self._pace_from is None:
-            self._pace_from = (step, now)
-        first_step, first_time = self._pace_from
-        if step > first_step:
-            return (self.total_steps - step) * (now - first_time) / (step - first_step)
-        return (self.total_steps - step) * batch_size / images_per_s
 
     def eval_result(self, step: int, epoch: int, values: dict) -> None:
         self.scalars(step, "test", values)

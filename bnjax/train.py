@@ -24,7 +24,7 @@ from bnjax.data.batches import prefetch
 from bnjax.errors import (CheckpointError, ConfigError, DamagedCheckpointError, DataError,
                           TrainingError)
 from bnjax.files import write_json
-from bnjax.metrics import Reporter, Throughput, Window
+from bnjax.metrics import Pace, Reporter, Throughput, Window, format_duration
 from bnjax.models import parse_name
 from bnjax.timetable import Timetable
 from bnjax.state import ModelSetup, initialize
@@ -368,13 +368,16 @@ def _save(manager, step: int, state, meta: dict, metrics: dict | None) -> None:
                             "resume.") from None
 
 
-def _log_group_progress(lanes, done: int, total: int, values: list, rate: float) -> None:
+def _log_group_progress(lanes, done: int, values: list, rate: float, batch: int,
+                        pace: Pace) -> None:
     live = [(lane, value) for lane, value in zip(lanes, values) if not lane.ended]
     losses = " ".join(f"{value['loss']:.3f}" for _, value in live)
     accuracies = " ".join(f"{value['accuracy']:.3f}" for _, value in live)
+    total = pace.total_steps
     logging.info("step %d/%d (%.1f%%)  %d of %d replicas  loss %s  acc %s  %.0f img/s each, "
-                 "%.0f in all", done, total, 100.0 * done / total, len(live), len(lanes),
-                 losses, accuracies, rate, rate * len(live))
+                 "%.0f in all  eta %s", done, total, 100.0 * done / total, len(live),
+                 len(lanes), losses, accuracies, rate, rate * len(live),
+                 format_duration(pace.remaining_s(done, batch / rate)))
 
 
 def _train_loop(lanes: list[Lane], states: list, saved: list, stop_at_step):
@@ -411,6 +414,7 @@ def _train_loop(lanes: list[Lane], states: list, saved: list, stop_at_step):
     carried = [saved[index].get("open_window") or first_saved.get("open_window")
                for index in range(len(lanes))]
     window, clock = Window(len(lanes), carried), Throughput(timing)
+    group_pace = Pace(timetable.total_steps)  # for a group's line; a run alone's is its Reporter's
     started = time.time() - (timing["wall_s"] if timing else 0.0)  # wall time up to checkpoints
     calls = prefetch(engine.calls(start_step))
     profiler = _Profiler(config.log.profile_steps, os.path.join(lanes[0].workdir, "profile"))
@@ -443,7 +447,7 @@ def _train_loop(lanes: list[Lane], states: list, saved: list, stop_at_step):
                         lane.reporter.train_window(done, value, rate, batch)
                         lane.train_values = value
                 if not single:
-                    _log_group_progress(lanes, done, timetable.total_steps, values, rate)
+                    _log_group_progress(lanes, done, values, rate, batch, group_pace)
                 window = Window(len(lanes))
             results = [None] * len(lanes)
             if due.evaluate:

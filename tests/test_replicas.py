@@ -2,6 +2,7 @@
 one vmapped program, each equal to the same run trained alone up to float rounding."""
 import json
 import os
+import re
 
 import jax
 import numpy as np
@@ -116,9 +117,15 @@ def test_a_run_alone_that_diverges_keeps_only_finite_checkpoints(config, tmp_pat
         assert np.isfinite(leaf).all()
 
 
-def test_a_stopped_group_resumes_exactly_even_when_one_replica_missed_a_save(config, tmp_path):
+def test_a_stopped_group_resumes_exactly_even_when_one_replica_missed_a_save(config, tmp_path,
+                                                                           caplog):
     configs = [_variant(config, train__lr=lr) for lr in (0.05, 0.2)]
-    reference = train.train_group(configs, [str(tmp_path / f"ref{i}") for i in range(2)])
+    with caplog.at_level("INFO"):
+        reference = train.train_group(configs, [str(tmp_path / f"ref{i}") for i in range(2)])
+    progress = [record.getMessage() for record in caplog.records
+                if "of 2 replicas" in record.getMessage()]
+    assert len(progress) == 21 and all(re.search(r"eta \d+m\d\ds$", line) for line in progress)
+    assert progress[-1].startswith("step 21/21") and progress[-1].endswith("eta 0m00s")
     dirs = [str(tmp_path / f"run{i}") for i in range(2)]
     with pytest.raises(train.Interrupted):
         train.train_group(configs, dirs, stop_at_step=8)
