@@ -156,8 +156,8 @@ def test_split(trained, data_source: str | None = None):
 
 
 def all_params(trained) -> dict:
-    """Every parameter of the trained model, trainable and frozen, in one tree."""
-    return partition.merge(jax.device_get(trained.state.trainable), trained.setup.frozen)
+    """Every parameter of the trained model, trainable and frozen, in one tree, on the host."""
+    return jax.device_get(trained.variables()["params"])
 
 
 def test_metrics_of(trained, test):
