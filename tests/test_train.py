@@ -330,8 +330,6 @@ def test_the_eta_follows_the_pace_since_the_first_log_line(tmp_path, monkeypatch
     import time
     import types
 
-    from absl import logging as absl_logging
-
     from bnjax import metrics
 
     clock = iter([1000.0, 1100.0, 1400.0])  # the three log lines' times
@@ -340,7 +338,6 @@ def test_the_eta_follows_the_pace_since_the_first_log_line(tmp_path, monkeypatch
     reporter = metrics.Reporter(str(tmp_path), total_steps=100, steps_per_epoch=10,
                                 start_step=0)
     values = {"loss": 1.0, "accuracy": 0.5, "lr": 0.1}
-    absl_logging.set_verbosity(absl_logging.INFO)
     with caplog.at_level("INFO"):
         reporter.train_window(10, values, images_per_s=64.0, batch_size=8)  # 90 x 8 / 64 s
         reporter.train_window(20, values, images_per_s=64.0, batch_size=8)  # 10 s a step
