@@ -7,12 +7,14 @@
 #   RUNS=~/bnjax-runs/reproduction bash launch/carry.sh save NAME ...     # $RUNS/NAME -> tarball
 #   RUNS=~/bnjax-runs/reproduction bash launch/carry.sh restore NAME ...  # tarball -> $RUNS/NAME
 #
+# The tarball is $CARRY/NAME.tar.gz, by default docs/reproduction/in_progress/NAME.tar.gz.
+#
 # save may run while the run trains: orbax's unfinished checkpoint folders and the run's lock are
 # left out, and a checkpoint deleted mid-read is retried. restore never overwrites a run folder.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-$HOME/bnjax-runs/reproduction}
-CARRY=docs/reproduction/in_progress
+CARRY=${CARRY:-docs/reproduction/in_progress}  # where the tarballs live, relative to the repository
 usage() { echo "usage: RUNS=... bash launch/carry.sh save|restore NAME ..." >&2; exit 2; }
 [[ $# -ge 2 ]] || usage
 verb=$1; shift

@@ -185,3 +185,39 @@ def test_layer_combinations_cut_every_combination_of_a_blocks_layers():
     assert result["bn1+bn2+shortcut_bn"] == result["bn1+shortcut_bn"]
     with pytest.raises(SystemExit, match="no normalisation layer under stage4_block0/"):
         layer_combinations.accuracies(params, "stage4_block0", 0.5, test_metrics)
+
+
+def test_carry_moves_a_run_folder_through_a_tarball_and_never_overwrites(tmp_path):
+    runs, carry = tmp_path / "runs", tmp_path / "carry"
+    run = runs / "r32"
+    (run / "checkpoints" / "390").mkdir(parents=True)
+    (run / "checkpoints" / "390" / "state").write_bytes(b"\x00momentum")
+    (run / "checkpoints" / "780.orbax-checkpoint-tmp-17").mkdir()  # a save still being written
+    (run / "run.json").write_text("{}")
+    (run / ".bnjax.lock").write_text("4242")  # the training process's lock
+
+    def carry_sh(*args, runs_dir=runs):
+        env = {**os.environ, "RUNS": str(runs_dir), "CARRY": str(carry)}
+        return subprocess.run(["bash", os.path.join(REPO, "launch", "carry.sh"), *args],
+                              capture_output=True, text=True, cwd=REPO, env=env, timeout=60)
+
+    saved = carry_sh("save", "r32")
+    assert saved.returncode == 0, saved.stderr
+    elsewhere = tmp_path / "next_machine"
+    restored = carry_sh("restore", "r32", runs_dir=elsewhere)
+    assert restored.returncode == 0, restored.stderr
+    moved = elsewhere / "r32"
+    assert (moved / "checkpoints" / "390" / "state").read_bytes() == b"\x00momentum"
+    assert (moved / "run.json").read_text() == "{}"
+    assert not (moved / ".bnjax.lock").exists()
+    assert not (moved / "checkpoints" / "780.orbax-checkpoint-tmp-17").exists()
+
+    (moved / "run.json").write_text('{"newer": true}')
+    again = carry_sh("restore", "r32", runs_dir=elsewhere)
+    assert again.returncode == 0 and "left as it is" in again.stdout
+    assert (moved / "run.json").read_text() == '{"newer": true}'
+
+    missing = carry_sh("save", "r56")
+    assert missing.returncode == 1 and "no run folder with checkpoints" in missing.stderr
+    assert carry_sh("restore", "r56").returncode == 1
+    assert carry_sh("pack", "r32").returncode == 2
