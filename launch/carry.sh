@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Carry unfinished runs to the next machine through the repository. A run's folder is small (its
-# checkpoints hold the trainable BatchNorm leaves, their momentum and the seed: ~0.5 MB for
-# ResNet-32), so a run longer than one working session travels as a tarball beside the docs and
+# checkpoints hold the trainable BatchNorm leaves, their momentum and the seed: ~0.4 MB each
+# for ResNet-32), so a run longer than one working session travels as a tarball beside the docs and
 # resumes wherever the next session starts (`launch/reproduce.sh NAME` continues it from there).
 #
 #   RUNS=~/bnjax-runs/reproduction bash launch/carry.sh save NAME ...     # $RUNS/NAME -> tarball
