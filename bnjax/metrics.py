@@ -135,21 +135,23 @@ class Throughput:
 
 class Pace:
     """The ETA of a progress line: the wall time to the last step at this process's pace since
-    its first log line (after compiling), so evaluations and checkpoints count and one slow or
-    fast window does not swing it; at the window's pace until there is a second line."""
+    its first log line, so evaluations and checkpoints count and one slow or fast window does not
+    swing it. The first line has none ("--"): its window holds the compilation, which made a
+    resumed ResNet-32's first line say 68 h for a 7 h run."""
 
     def __init__(self, total_steps: int):
         self.total_steps = total_steps
         self._first = None  # (step, time) of the first log line
 
-    def remaining_s(self, step: int, window_s_per_step: float) -> float:
+    def eta(self, step: int) -> str:
         now = time.monotonic()
         if self._first is None:
             self._first = (step, now)
         first_step, first_time = self._first
-        s_per_step = ((now - first_time) / (step - first_step) if step > first_step
-                      else window_s_per_step)
-        return (self.total_steps - step) * s_per_step
+        if step <= first_step:
+            return "--"
+        s_per_step = (now - first_time) / (step - first_step)
+        return format_duration((self.total_steps - step) * s_per_step)
 
 
 class Reporter:
@@ -182,8 +184,7 @@ class Reporter:
             for name, value in values.items():
                 self.tensorboard.add_scalar(f"{group}/{name}", value, step)
 
-    def train_window(self, step: int, values: dict, images_per_s: float,
-                     batch_size: int) -> None:
+    def train_window(self, step: int, values: dict, images_per_s: float) -> None:
         """A closed log window: its means to train_log.jsonl and TensorBoard, a progress line."""
         self.scalars(step, "train", values)
         if not self.chief:
@@ -193,12 +194,11 @@ class Reporter:
         self.tensorboard.add_scalar("train/images_per_s", images_per_s, step)
         if not self.progress:
             return
-        remaining = self.pace.remaining_s(step, batch_size / images_per_s)
         epoch = (step - 1) // self.steps_per_epoch + 1
         logging.info("epoch %d  step %d/%d (%.1f%%)  loss %.4f  acc %.4f  lr %.4g  "
                      "%.0f img/s  eta %s", epoch, step, self.total_steps,
                      100.0 * step / self.total_steps, values["loss"], values["accuracy"],
-                     values["lr"], images_per_s, format_duration(remaining))
+                     values["lr"], images_per_s, self.pace.eta(step))
 
     def eval_result(self, step: int, epoch: int, values: dict) -> None:
         self.scalars(step, "test", values)

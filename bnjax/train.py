@@ -24,7 +24,7 @@ from bnjax.data.batches import prefetch
 from bnjax.errors import (CheckpointError, ConfigError, DamagedCheckpointError, DataError,
                           TrainingError)
 from bnjax.files import write_json
-from bnjax.metrics import Pace, Reporter, Throughput, Window, format_duration
+from bnjax.metrics import Pace, Reporter, Throughput, Window
 from bnjax.models import parse_name
 from bnjax.timetable import Timetable
 from bnjax.state import ModelSetup, initialize
@@ -368,8 +368,7 @@ def _save(manager, step: int, state, meta: dict, metrics: dict | None) -> None:
                             "resume.") from None
 
 
-def _log_group_progress(lanes, done: int, values: list, rate: float, batch: int,
-                        pace: Pace) -> None:
+def _log_group_progress(lanes, done: int, values: list, rate: float, pace: Pace) -> None:
     live = [(lane, value) for lane, value in zip(lanes, values) if not lane.ended]
     losses = " ".join(f"{value['loss']:.3f}" for _, value in live)
     accuracies = " ".join(f"{value['accuracy']:.3f}" for _, value in live)
@@ -377,7 +376,7 @@ def _log_group_progress(lanes, done: int, values: list, rate: float, batch: int,
     logging.info("step %d/%d (%.1f%%)  %d of %d replicas  loss %s  acc %s  %.0f img/s each, "
                  "%.0f in all  eta %s", done, total, 100.0 * done / total, len(live),
                  len(lanes), losses, accuracies, rate, rate * len(live),
-                 format_duration(pace.remaining_s(done, batch / rate)))
+                 pace.eta(done))
 
 
 def _train_loop(lanes: list[Lane], states: list, saved: list, stop_at_step):
@@ -444,10 +443,10 @@ def _train_loop(lanes: list[Lane], states: list, saved: list, stop_at_step):
                 rate = clock.window(batch * window.new_steps)
                 for lane, value in zip(lanes, values):
                     if not lane.ended:
-                        lane.reporter.train_window(done, value, rate, batch)
+                        lane.reporter.train_window(done, value, rate)
                         lane.train_values = value
                 if not single:
-                    _log_group_progress(lanes, done, values, rate, batch, group_pace)
+                    _log_group_progress(lanes, done, values, rate, group_pace)
                 window = Window(len(lanes))
             results = [None] * len(lanes)
             if due.evaluate:
