@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Carry unfinished runs to the next machine through the repository. A run's folder is small (its
 # checkpoints hold the trainable BatchNorm leaves, their momentum and the seed: ~0.4 MB each
-# for ResNet-32), so a run longer than one working session travels as a tarball beside the docs and
-# resumes wherever the next session starts (`launch/reproduce.sh NAME` continues it from there).
+# for ResNet-32), so a run longer than one working session travels as a tarball beside the docs
+# and resumes wherever the next session starts (`launch/reproduce.sh NAME` continues it there).
 #
 #   RUNS=~/bnjax-runs/reproduction bash launch/carry.sh save NAME ...     # $RUNS/NAME -> tarball
 #   RUNS=~/bnjax-runs/reproduction bash launch/carry.sh restore NAME ...  # tarball -> $RUNS/NAME
@@ -23,18 +23,21 @@ save() {
   local name=$1 tarball=$CARRY/$1.tar.gz
   [[ -d "$RUNS/$name/checkpoints" ]] || { echo "no run folder with checkpoints at $RUNS/$name" >&2; exit 1; }
   mkdir -p "$CARRY"
+  local error
   for attempt in 1 2 3; do
-    if tar -czf "$tarball.tmp" -C "$RUNS" --exclude='.bnjax.lock' \
-         --exclude='*orbax-checkpoint-tmp*' "$name" 2>/dev/null; then
+    if error=$(tar -czf "$tarball.tmp" -C "$RUNS" --exclude='.bnjax.lock' \
+                 --exclude='*orbax-checkpoint-tmp*' "$name" 2>&1); then
       mv "$tarball.tmp" "$tarball"
       echo "$RUNS/$name -> $tarball ($(du -h "$tarball" | cut -f1))"
       return
     fi
-    echo "tar of $RUNS/$name changed while read (attempt $attempt); retrying" >&2
+    echo "tar of $RUNS/$name failed (attempt $attempt; a checkpoint saved or deleted while"\
+         "read?); retrying" >&2
     sleep 5
   done
+  echo "could not pack $RUNS/$name: tar said: $error" >&2
+  echo "if the run kept changing it, pause it (kill -STOP) and save again" >&2
   rm -f "$tarball.tmp"
-  echo "could not pack $RUNS/$name: it kept changing; pause the run (kill -STOP) and save again" >&2
   exit 1
 }
 
