@@ -14,16 +14,14 @@ from __future__ import annotations
 import argparse
 import os
 
+from paper_numbers import paper_cell
+
 from bnjax import figures, results, tables
 from bnjax.models import parse_name
 
 # ResNet-14 is the shared point; ResNet-32 (2,464 BN parameters) against ResNet-14 of width 32
 # (2,240); ResNet-56 (4,256) against ResNet-14 of width 64 (4,480)
 RUNS = ("r14_bn_20", "r32_bn_20", "r56_bn_20", "r14_32_bn_20", "r14_64_bn_20")
-# BN-only test accuracy (%) after the paper's 160 epochs, read off its figures (about +-1-2
-# points; docs/REPRODUCTION.md's full-budget tables)
-PAPER_160 = {"cifar_resnet_14": "~48", "cifar_resnet_32": "~57", "cifar_resnet_56": "~63",
-             "cifar_resnet_14_32": "~53", "cifar_resnet_14_64": "~60"}
 SHIPPED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                        "docs", "reproduction")
 
@@ -46,7 +44,7 @@ def table(rows: list[dict]) -> str:
     for r in ordered:
         spec = parse_name(r["model"])
         body.append([r["model"], str(spec.depth), str(spec.width), f"{r['trainable_params']:,}",
-                     f"{100 * r['test_accuracy']:.2f}", PAPER_160.get(r["model"], "-"),
+                     f"{100 * r['test_accuracy']:.2f}", paper_cell(r["model"]),
                      f"{r['wall_time_s'] / 3600:.2f} h", f"{r['train_images_per_s']:.0f}",
                      r["run"]])
     return tables.markdown(["network", "depth", "width", "BN parameters", "test accuracy (%)",

@@ -152,6 +152,36 @@ def test_budget_curve_reads_runs_then_shipped_files(tmp_path):
     assert {epochs: m["test_accuracy"] for epochs, m in found.items()} == {5: 0.40, 20: 0.44}
 
 
+def test_full_budget_tables_and_draws_the_runs_by_depth_beside_the_paper(tmp_path):
+    sys.path.insert(0, os.path.join(REPO, "launch"))
+    try:
+        import full_budget
+    finally:
+        sys.path.pop(0)
+
+    def metrics(model, params, history):
+        return {"model": model, "trainable_params": params, "test_accuracy": history[-1],
+                "wall_time_s": 7200.0, "train_images_per_s": 300.0,
+                "history": [{"epoch": e + 1, "test_accuracy": a} for e, a in enumerate(history)]}
+
+    runs, shipped = tmp_path / "runs", tmp_path / "shipped"
+    (runs / "r32_bn_160").mkdir(parents=True)
+    shipped.mkdir()
+    (runs / "r32_bn_160" / "metrics.json").write_text(
+        json.dumps(metrics("cifar_resnet_32", 2464, [0.40, 0.57, 0.56])))
+    (shipped / "r14_bn_160.metrics.json").write_text(
+        json.dumps(metrics("cifar_resnet_14", 1120, [0.30, 0.4705])))
+    rows, missing = full_budget.load(str(runs), str(shipped))
+    assert [r["run"] for r in rows] == ["r14_bn_160", "r32_bn_160"] and missing == ["r20_bn_160"]
+    lines = full_budget.table(rows).splitlines()
+    # final and best-epoch accuracy differ where the last epoch is not the best
+    assert lines[2].startswith("| ResNet-14 | 1,120 | ~48 | 46.9 | 47.05 | 47.05 | 2.00 h |")
+    assert lines[3].startswith("| ResNet-32 | 2,464 | ~57 | 56.9 | 56.00 | 57.00 | 2.00 h |")
+    out = tmp_path / "full_budget.png"
+    full_budget.plot(rows, str(out))
+    assert out.stat().st_size > 10_000
+
+
 def test_layer_combinations_cut_every_combination_of_a_blocks_layers():
     import numpy as np
 
