@@ -53,6 +53,18 @@ def run_metrics(name: str, runs: str, shipped: str) -> dict | None:
     return None
 
 
+def named_runs(names: tuple, runs: str, shipped: str) -> tuple[list[dict], list[str]]:
+    """([run_metrics with 'run' added] of the named runs found, in order; [names not found])."""
+    found, missing = [], []
+    for name in names:
+        metrics = run_metrics(name, runs, shipped)
+        if metrics is None:
+            missing.append(name)
+        else:
+            found.append({**metrics, "run": name})
+    return found, missing
+
+
 def varied_fields(rows: list[dict]) -> list[str]:
     """The config fields of the rows beyond COLUMNS (those that vary, and any asked for)."""
     return [key for key in rows[0] if key not in COLUMNS] if rows else []

@@ -28,14 +28,7 @@ SHIPPED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 def load(runs: str, shipped: str = SHIPPED) -> tuple[list[dict], list[str]]:
     """([metrics.json with 'run' added] of the runs found, [names not found])."""
-    found, missing = [], []
-    for name in RUNS:
-        metrics = results.run_metrics(name, runs, shipped)
-        if metrics is None:
-            missing.append(name)
-        else:
-            found.append({**metrics, "run": name})
-    return found, missing
+    return results.named_runs(RUNS, runs, shipped)
 
 
 def table(rows: list[dict]) -> str:

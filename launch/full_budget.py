@@ -32,13 +32,8 @@ SHIPPED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 def load(runs: str, shipped: str = SHIPPED) -> tuple[list[dict], list[str]]:
     """([metrics.json with 'run' and 'depth' added] of the runs found, by depth; [names not
     found])."""
-    found, missing = [], []
-    for name in RUNS:
-        metrics = results.run_metrics(name, runs, shipped)
-        if metrics is None:
-            missing.append(name)
-        else:
-            found.append({**metrics, "run": name, "depth": parse_name(metrics["model"]).depth})
+    found, missing = results.named_runs(RUNS, runs, shipped)
+    found = [{**r, "depth": parse_name(r["model"]).depth} for r in found]
     return sorted(found, key=lambda r: r["depth"]), missing
 
 

@@ -1,4 +1,5 @@
 """The launch scripts: the commands their --dry-run prints, and the study scripts' readers."""
+import importlib
 import json
 import os
 import subprocess
@@ -15,6 +16,15 @@ TRAIN = ["--", "--config=configs/cifar10.py", "--workdir=runs/r20"]
 def launch(script, *args):
     return subprocess.run(["bash", os.path.join(REPO, "launch", script), *args],
                           capture_output=True, text=True, cwd=REPO, timeout=60)
+
+
+def launch_script(name: str):
+    """A Python script of launch/, imported as a module (its siblings importable)."""
+    sys.path.insert(0, os.path.join(REPO, "launch"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.pop(0)
 
 
 def test_tpu_vm_lifecycle_dry_run():
@@ -97,11 +107,7 @@ def test_hyperparameter_screen_lists_its_points_and_refuses_unknown_ones():
 
 
 def test_depth_width_reads_runs_then_shipped_files_and_draws_both_lines(tmp_path):
-    sys.path.insert(0, os.path.join(REPO, "launch"))
-    try:
-        import depth_width
-    finally:
-        sys.path.pop(0)
+    depth_width = launch_script("depth_width")
 
     def metrics(model, params, accuracy):
         return {"model": model, "trainable_params": params, "test_accuracy": accuracy,
@@ -137,11 +143,7 @@ def test_depth_width_reads_runs_then_shipped_files_and_draws_both_lines(tmp_path
 
 
 def test_budget_curve_reads_runs_then_shipped_files(tmp_path):
-    sys.path.insert(0, os.path.join(REPO, "launch"))
-    try:
-        import budget_curve
-    finally:
-        sys.path.pop(0)
+    budget_curve = launch_script("budget_curve")
     runs, shipped = tmp_path / "runs", tmp_path / "shipped"
     (runs / "r14_bn_5").mkdir(parents=True)
     shipped.mkdir()
@@ -153,11 +155,7 @@ def test_budget_curve_reads_runs_then_shipped_files(tmp_path):
 
 
 def test_full_budget_tables_and_draws_the_runs_by_depth_beside_the_paper(tmp_path):
-    sys.path.insert(0, os.path.join(REPO, "launch"))
-    try:
-        import full_budget
-    finally:
-        sys.path.pop(0)
+    full_budget = launch_script("full_budget")
 
     def metrics(model, params, history):
         return {"model": model, "trainable_params": params, "test_accuracy": history[-1],
@@ -187,11 +185,7 @@ def test_layer_combinations_cut_every_combination_of_a_blocks_layers():
 
     from bnjax import partition
 
-    sys.path.insert(0, os.path.join(REPO, "launch"))
-    try:
-        import layer_combinations
-    finally:
-        sys.path.pop(0)
+    layer_combinations = launch_script("layer_combinations")
 
     params = {"bn": {"scale": np.array([0.9])},
               "stage2_block0": {"shortcut_bn": {"scale": np.array([0.1, 2.0])},
