@@ -11,14 +11,19 @@ from __future__ import annotations
 
 import os
 
+import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
 from bnjax import runinfo
 from bnjax.errors import CheckpointError, DamagedCheckpointError
 
-FORMAT = "bnjax-checkpoint-2"  # 2: records frozen_init (bnjax.initial_weights)
-READABLE_FORMATS = ("bnjax-checkpoint-1", FORMAT)
+# 2: records frozen_init (bnjax.initial_weights); 3: the optimizer state holds its numbers
+# (optax.inject_hyperparams around the optimizer of formats 1 and 2)
+FORMAT = "bnjax-checkpoint-3"
+BARE_OPTIMIZER_FORMATS = ("bnjax-checkpoint-1", "bnjax-checkpoint-2")
+READABLE_FORMATS = (*BARE_OPTIMIZER_FORMATS, FORMAT)
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -65,16 +70,39 @@ def read_meta(manager, step: int) -> dict:
     return meta
 
 
-def restore_state(manager, step: int, target_state):
+def restore_state(manager, step: int, target_state, saved_format: str = FORMAT):
     """The saved TrainState, shaped and placed like `target_state`."""
     try:
-        restored = manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(target_state)))
+        if saved_format in BARE_OPTIMIZER_FORMATS:
+            return _restore_bare_optimizer(manager, step, target_state)
+        return manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(target_state)))["state"]
     except Exception as error:  # a changed model or mode, or damaged array files
         raise DamagedCheckpointError(f"checkpoint step {step} in {manager.directory} cannot be "
                                      "restored for this model and mode "
                                      f"({str(error).splitlines()[0][:200]})") from None
-    return restored["state"]
+
+
+def _restore_bare_optimizer(manager, step: int, target_state):
+    """A checkpoint of formats 1-2, which saved the optimizer state without the numbers
+    around it: read as saved, each leaf taken by its path into the current inner state (the
+    same leaves; the transforms added since hold none), the step as the count."""
+    saved = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore()))["state"]
+    wrapper = target_state.opt_state
+    inner = target_state.replace(opt_state=wrapper.inner_state)
+
+    def saved_leaf(path, target):
+        node = saved
+        for key in path:
+            name = getattr(key, "name", getattr(key, "key", getattr(key, "idx", None)))
+            node = node[name] if isinstance(node, dict) and name in node else \
+                node[str(name)] if isinstance(node, dict) else node[int(name)]
+        return np.asarray(node, target.dtype)
+
+    restored = jax.tree_util.tree_map_with_path(saved_leaf, inner)
+    return restored.replace(opt_state=wrapper._replace(
+        count=np.asarray(restored.step, wrapper.count.dtype), inner_state=restored.opt_state))
 
 
 def check_same_run(saved: dict, current: dict, where: str, branch: bool = False) -> list:

@@ -33,6 +33,12 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder: logs, TensorBoard, 
                                "metrics.json. Training there again resumes the run.")
 _EXPORT = flags.DEFINE_string("export", None, "An export file made by `bnjax export` (analyze: "
                               "several, comma-separated).")
+_EXPORTS = flags.DEFINE_string("exports", None, "bundle: the exports and bundles to merge, "
+                               "comma-separated.")
+_NAMES = flags.DEFINE_string("names", None, "bundle: one task name per export, "
+                             "comma-separated ('' for a bundle: its tasks keep their names).")
+_TASK = flags.DEFINE_string("task", None, "A bundle's task (default: every task, each on its "
+                            "recorded data).")
 _OUT = flags.DEFINE_string("out", None, "Where the command writes its file or folder.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step to export (default: the latest).")
 _DATA_SOURCE = flags.DEFINE_string("data_source", None, "Evaluate on this data source instead "
@@ -121,8 +127,12 @@ def cmd_train() -> None:
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                            _MULTI_PROCESS.value)
     with _exit_quietly_when_stopped():
-        train.train_and_evaluate(config, workdir, stop_at_step=_STOP_AT_STEP.value,
-                                 overwrite=_OVERWRITE.value, branch=_BRANCH.value)
+        if config.data.tasks:
+            train.train_tasks(config, workdir, stop_at_step=_STOP_AT_STEP.value,
+                              overwrite=_OVERWRITE.value, branch=_BRANCH.value)
+        else:
+            train.train_and_evaluate(config, workdir, stop_at_step=_STOP_AT_STEP.value,
+                                     overwrite=_OVERWRITE.value, branch=_BRANCH.value)
 
 
 @contextlib.contextmanager
@@ -158,14 +168,34 @@ def cmd_export() -> None:
     workdir = _require_flag(_WORKDIR.value, "workdir", "--workdir=runs/resnet20_bn")
     out = _require_flag(_OUT.value, "out", "--out=resnet20_bn.bnjax")
     result = trained.export_workdir(workdir, out, _STEP.value)
-    print(f"wrote {out}: step {result['step']}, {result['bytes']:,} bytes")
+    if "tasks" not in result:
+        print(f"wrote {out}: step {result['step']}, {result['bytes']:,} bytes")
+        return
+    print(f"wrote {out}: {len(result['tasks'])} tasks, {result['bytes']:,} bytes "
+          f"(shared header {result['header_bytes']:,})")
+    for name, task in result["tasks"].items():
+        print(f"  {name}: step {task['step']}, {task['bytes']:,} bytes")
+
+
+def cmd_bundle() -> None:
+    from bnjax import trained
+
+    paths = _require_flag(_EXPORTS.value, "exports", "--exports=a.bnjax,b.bnjax").split(",")
+    names = _require_flag(_NAMES.value, "names", "--names=cifar10,mnist").split(",")
+    out = _require_flag(_OUT.value, "out", "--out=ab.bnjax")
+    result = trained.bundle_exports(paths, names, out)
+    print(f"wrote {out}: {len(result['tasks'])} tasks, {result['bytes']:,} bytes (shared "
+          f"header {result['header']:,})")
+    for name, size in result["tasks"].items():
+        print(f"  {name}: {size:,} bytes")
 
 
 def cmd_eval() -> None:
     from bnjax import trained
 
     path = _require_flag(_EXPORT.value, "export", "--export=resnet20_bn.bnjax")
-    print(json.dumps(trained.evaluate_export(path, _DATA_SOURCE.value)))
+    for result in trained.evaluate_tasks(path, _DATA_SOURCE.value, _TASK.value):
+        print(json.dumps(result))
 
 
 def cmd_materialize() -> None:
@@ -173,7 +203,7 @@ def cmd_materialize() -> None:
 
     path = _require_flag(_EXPORT.value, "export", "--export=resnet20_bn.bnjax")
     out = _require_flag(_OUT.value, "out", "--out=resnet20_bn_full")
-    print(f"wrote every weight to {trained.materialize(path, out)}")
+    print(f"wrote every weight to {trained.materialize(path, out, _TASK.value)}")
 
 
 def cmd_sweep() -> None:
@@ -245,16 +275,21 @@ COMMANDS = {
         cmd_summary, "parameter counts of a model, trainable per training mode", ("config",),
         "bnjax summary --config=configs/cifar10.py:cifar_resnet_110"),
     "export": Command(
-        cmd_export, "write a run's seed-plus-BN file (a few kilobytes)",
+        cmd_export, "write a run's seed-plus-BN file (a few kilobytes; tasks: one bundle)",
         ("workdir", "out", "step"),
         "bnjax export --workdir=runs/r14_bn --out=r14_bn.bnjax"),
+    "bundle": Command(
+        cmd_bundle, "merge exports and bundles of one seed and model into one bundle",
+        ("exports", "names", "out"),
+        "bnjax bundle --exports=cifar10.bnjax,mnist.bnjax --names=cifar10,mnist "
+        "--out=both.bnjax"),
     "eval": Command(
-        cmd_eval, "test loss and accuracy of an export, weights regenerated from its seed",
-        ("export", "data_source"),
+        cmd_eval, "test loss and accuracy of an export (a bundle: per task), weights "
+        "regenerated from its seed", ("export", "data_source", "task"),
         "bnjax eval --export=r14_bn.bnjax --data_source=../shared/data/cifar10-jpeg.tar.gz"),
     "materialize": Command(
         cmd_materialize, "write every weight of an export as an Orbax checkpoint",
-        ("export", "out"), "bnjax materialize --export=r14_bn.bnjax --out=r14_bn_full"),
+        ("export", "out", "task"), "bnjax materialize --export=r14_bn.bnjax --out=r14_bn_full"),
     "sweep": Command(
         cmd_sweep, "run (or print) a grid of runs over any config fields, then aggregate",
         ("config", "workdir", "grid", "launcher", "replicas", "group"),

@@ -37,6 +37,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     config.data = ml_collections.ConfigDict()
     config.data.source = "cifar10"
+    config.data.tasks = ""
     config.data.tfds_data_dir = ""
     config.data.tfds_manual_dir = ""
     config.data.tfds_download = True
@@ -93,6 +94,9 @@ FIELD_HELP = {
                    "the optimizer stay float32",
     "data.source": "a tensorflow-datasets name (cifar10, cifar100, imagenet2012) or a path to "
                    "an image folder or .tar/.tar.gz of <split>/<class>/<image> files",
+    "data.tasks": "several tasks on one frozen backbone: 'NAME=SOURCE;NAME=SOURCE;...' (each "
+                  "SOURCE as data.source), each trained as its run alone in WORKDIR/NAME; '' = "
+                  "one run on data.source",
     "data.tfds_data_dir": "tensorflow-datasets data_dir; '' = tfds' default "
                           "(~/tensorflow_datasets)",
     "data.tfds_manual_dir": "where tensorflow-datasets finds manually downloaded files "
@@ -292,7 +296,14 @@ def validate(config) -> None:
     _require(isinstance(source, str) and source != "", "data.source", source,
              "a tensorflow-datasets name such as 'cifar10' or a path to an image folder or "
              ".tar/.tar.gz archive")
-    if looks_like_path(source):
+    if config.data.tasks:
+        from bnjax import tasks
+
+        for name, task_source in tasks.parse(config.data.tasks):
+            _require(not looks_like_path(task_source) or os.path.exists(task_source),
+                     "data.tasks", config.data.tasks, f"task {name!r}: {task_source} does not "
+                     "exist; point it at an image folder or archive")
+    elif looks_like_path(source):
         _require(os.path.exists(source), "data.source", source,
                  "no such file or folder; point it at an image folder or archive "
                  "(e.g. --config.data.source=../shared/data/cifar10-jpeg.tar.gz)")

@@ -2,17 +2,18 @@
 (bnjax.replicas): place the state, run a call of steps, evaluate, tell which replicas are still
 finite, and hand out one replica's state.
 
-The step is compiled with the optimizer's numbers (state.HYPERPARAMETERS) as arguments, so one
-program serves every replica of a group. Two layouts run a group:
+The optimizer's numbers live in each replica's optimizer state (bnjax.state.make_optimizer), so
+one compiled step serves every replica of a group. Two layouts run a group:
 - 'sequential' (SequentialEngine): that one program called for each replica in turn. A replica
-  then computes exactly what the same run alone computes, bit for bit, and works in the memory
-  of one run, which the CPU's caches favour (docs/PERFORMANCE.md has the measurements).
+  then computes exactly what the same run alone computes, bit for bit, works in the memory of
+  one run, which the CPU's caches favour (docs/PERFORMANCE.md has the measurements), and a
+  replica that has ended is skipped.
 - 'vmap' (VmapEngine): one program with a leading replica axis (jax.vmap), which fills an
-  accelerator that a single CIFAR ResNet leaves mostly idle. Replicas of one seed share the
-  frozen weights unbatched, so each convolution runs once over every replica's activations; a
-  replica equals its run alone up to float rounding.
-Replicas of one seed also share the data order and augmentation, so one batch feeds them all;
-replicas of different seeds each have their own frozen weights, batches and augmentation key.
+  accelerator that a single CIFAR ResNet leaves mostly idle. Replicas whose frozen weights are
+  equal share them unbatched, so each convolution runs once over every replica's activations; a
+  replica equals its run alone up to float rounding. Ended replicas are computed and ignored.
+Replicas of one seed share the data order and augmentation, so one batch feeds them all;
+replicas of different seeds each have their own batches and augmentation key.
 """
 from __future__ import annotations
 
@@ -23,12 +24,11 @@ import numpy as np
 from bnjax.data.batches import group_into_calls, train_batches
 from bnjax.distributed import local_rows
 from bnjax.replicas import check_group
-from bnjax.state import HYPERPARAMETERS, augment_key, learning_rate_schedule, make_optimizer
+from bnjax.state import augment_key
 from bnjax.step import (compile_steps, eval_step_function, evaluation_result, evaluation_sums,
                         replicate, shard_batch, train_step_function)
 
 LAYOUTS = ("sequential", "vmap")
-_LR_SCALES = ("gamma_lr_scale", "beta_lr_scale")
 
 
 def replica_layout(requested: str = "auto") -> str:
@@ -38,31 +38,12 @@ def replica_layout(requested: str = "auto") -> str:
     return "sequential" if jax.default_backend() == "cpu" else "vmap"
 
 
-def _traced_names(train_config) -> tuple:
-    """The optimizer numbers passed to the compiled step. The lr scales only where a run
-    scales (replicas.group_key keeps them apart): a multiplier is structure."""
-    scaled = any(train_config[name] != 1 for name in _LR_SCALES)
-    return tuple(n for n in HYPERPARAMETERS if scaled or n not in _LR_SCALES)
-
-
 def make_step_function(run):
-    """step(state, frozen, images, targets, augment_key, numbers) -> (state, metrics): the
-    train step of `run`, with the numbers of _traced_names(run) as an argument."""
-    config, setup = run.config, run.setup
-    constants = {name: config.train[name] for name in HYPERPARAMETERS
-                 if name not in _traced_names(config.train)}
-    augment_on_device = not run.train_data.augmented_on_host
-    per_epoch = run.timetable.steps_per_epoch
-
-    def step(state, frozen, images, targets, key, traced):
-        numbers = {**constants, **traced}
-        lr_schedule = learning_rate_schedule(config.train, per_epoch, numbers["lr"])
-        optimizer = make_optimizer(config.train, setup.param_labels, lr_schedule, setup.masks,
-                                   numbers)
-        return train_step_function(setup.model, optimizer, setup.param_labels, lr_schedule,
-                                   augment_on_device)(state, frozen, images, targets, key)
-
-    return step
+    """step(state, frozen, images, targets, augment_key) -> (state, metrics): the train step
+    of `run`, which serves every replica of its group (the numbers are in the state)."""
+    setup = run.setup
+    return train_step_function(setup.model, setup.optimizer, setup.param_labels,
+                               setup.learning_rate, not run.train_data.augmented_on_host)
 
 
 def _all_finite(state):
@@ -78,7 +59,7 @@ def _stack(trees: list):
 
 
 class _Engine:
-    """What both layouts share: the group's frozen weights, keys, numbers and batches."""
+    """What both layouts share: the group's frozen weights, keys and batches."""
     layout: str
 
     def __init__(self, runs: list, mesh):
@@ -86,14 +67,11 @@ class _Engine:
             check_group([run.config for run in runs])
         self.runs, self.mesh, self.replicas = runs, mesh, len(runs)
         self.config = runs[0].config
-        # Equal seeds draw equal frozen weights: one copy serves every replica.
-        self.shared = len({run.config.seed for run in runs}) == 1
-        if self.shared and len({run.setup.frozen_checksum for run in runs}) != 1:
-            raise AssertionError("replicas of one seed drew different frozen weights")
+        # Equal frozen weights (the same seed, and a bn_init that trains or equal) are held once.
+        self.shared_frozen = len({run.setup.frozen_checksum for run in runs}) == 1
+        # Equal seeds draw the same batches and augmentation: one batch feeds every replica.
+        self.shared_batches = len({run.config.seed for run in runs}) == 1
         self.step_function = make_step_function(runs[0])
-        names = _traced_names(self.config.train)
-        self.numbers = [{name: np.float32(run.config.train[name]) for name in names}
-                        for run in runs]
 
     def calls(self, start_step: int):
         """(steps, images, targets) of every call from start_step to the end: one batch for
@@ -105,7 +83,7 @@ class _Engine:
             return train_batches(run.train_data, batch, run.config.seed, start_step,
                                  timetable.total_steps, local_rows(batch))
 
-        if self.shared:
+        if self.shared_batches:
             batches = stream(self.runs[0])
         else:
             batches = ((items[0][0], np.stack([item[1] for item in items], axis=0),
@@ -129,32 +107,34 @@ class SequentialEngine(_Engine):
         self.eval_step = jax.jit(eval_step_function(runs[0].setup.model))
         self._finite = jax.jit(_all_finite)
         self.frozen = [replicate(run.setup.frozen, mesh) for run in
-                       (runs[:1] if self.shared else runs)]
+                       (runs[:1] if self.shared_frozen else runs)]
         self._keys = [replicate(augment_key(run.config.seed), mesh) for run in runs]
-        self._numbers = [replicate(numbers, mesh) for numbers in self.numbers]
 
     def _frozen_of(self, index: int):
-        return self.frozen[0 if self.shared else index]
+        return self.frozen[0 if self.shared_frozen else index]
 
     def place(self, states: list) -> list:
         return [replicate(state, self.mesh) for state in states]
 
-    def run_call(self, states: list, steps, images, targets):
+    def run_call(self, states: list, steps, images, targets, live=None):
+        """Every replica's call; those not `live` (ended) keep their state and report NaN."""
         multi = len(steps) > 1
         step = self._multi if multi else self._single
-        new_states, metrics = [], []
+        new_states, metrics = list(states), [None] * len(states)
         for index, state in enumerate(states):
-            own = (images, targets) if self.shared else (images[:, index], targets[:, index]) \
-                if multi else (images[index], targets[index])
-            state, values = step(state, self._frozen_of(index),
-                                 *shard_batch(own, self.mesh, int(multi)),
-                                 self._keys[index], self._numbers[index])
-            new_states.append(state)
-            metrics.append(values)
+            if live is not None and not live[index]:
+                continue
+            own = (images, targets) if self.shared_batches else \
+                (images[:, index], targets[:, index]) if multi else (images[index], targets[index])
+            new_states[index], metrics[index] = step(
+                state, self._frozen_of(index), *shard_batch(own, self.mesh, int(multi)),
+                self._keys[index])
         if self.replicas == 1:
             return new_states, metrics[0]
-        return new_states, {name: jnp.stack([m[name] for m in metrics], axis=-1)
-                            for name in metrics[0]}
+        computed = next(m for m in metrics if m is not None)
+        skipped = jax.tree.map(lambda value: jnp.full_like(value, jnp.nan), computed)
+        return new_states, {name: jnp.stack([(m or skipped)[name] for m in metrics], axis=-1)
+                            for name in computed}
 
     def eval_batch(self, states: list, images, targets, weights) -> list:
         """Every replica's eval sums of one placed batch (for benchmarks)."""
@@ -180,26 +160,28 @@ class VmapEngine(_Engine):
 
     def __init__(self, runs: list, mesh):
         super().__init__(runs, mesh)
-        axis = None if self.shared else 0
-        mapped = jax.vmap(self.step_function, in_axes=(0, axis, axis, axis, axis, 0))
+        frozen_axis = None if self.shared_frozen else 0
+        batch_axis = None if self.shared_batches else 0
+        mapped = jax.vmap(self.step_function,
+                          in_axes=(0, frozen_axis, batch_axis, batch_axis, batch_axis))
         self._single, self._multi = self._compiled(mapped)
         self.eval_step = jax.jit(jax.vmap(eval_step_function(runs[0].setup.model),
-                                          in_axes=(0, axis, 0, None, None, None)))
+                                          in_axes=(0, frozen_axis, 0, None, None, None)))
         self._finite = jax.jit(jax.vmap(_all_finite))
-        self.frozen = replicate(runs[0].setup.frozen if self.shared else
+        self.frozen = replicate(runs[0].setup.frozen if self.shared_frozen else
                                 _stack([run.setup.frozen for run in runs]), mesh)
         keys = [augment_key(run.config.seed) for run in runs]
-        self._key = replicate(keys[0] if self.shared else jnp.stack(keys), mesh)
-        self._numbers = replicate(_stack(self.numbers), mesh)
+        self._key = replicate(keys[0] if self.shared_batches else jnp.stack(keys), mesh)
 
     def place(self, states: list):
         return replicate(_stack(states), self.mesh)
 
-    def run_call(self, state, steps, images, targets):
-        leading = (len(steps) > 1) + (not self.shared)
+    def run_call(self, state, steps, images, targets, live=None):
+        """Every replica's call, ended ones included (their results are ignored)."""
+        leading = (len(steps) > 1) + (not self.shared_batches)
         step = self._multi if len(steps) > 1 else self._single
         return step(state, self.frozen, *shard_batch((images, targets), self.mesh, leading),
-                    self._key, self._numbers)
+                    self._key)
 
     def eval_batch(self, state, images, targets, weights):
         """Every replica's eval sums of one placed batch (for benchmarks)."""

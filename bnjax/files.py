@@ -1,22 +1,47 @@
-"""Small file I/O shared by the run's writers: atomic JSON, and a JSON-lines log read and
-trimmed safely after a crash."""
+"""Small file I/O shared by the run's writers: atomic replacement (JSON, exports, logs), and a
+JSON-lines log read and trimmed safely after a crash."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import tempfile
 
 from absl import logging
 
 from bnjax.errors import WorkdirError
 
 
+@contextlib.contextmanager
+def replace_atomically(path: str, mode: str = "wb"):
+    """A file whose content replaces `path` in one step when the block ends: a reader never
+    sees half a file, and an error (a full disk) leaves `path` as it was. The temporary file
+    has a name of its own beside `path`, so two processes never write the same one."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise WorkdirError(f"{path} is a folder; give the path of a file to write, e.g. "
+                           f"{os.path.join(path, 'model.bnjax')}")
+    if not os.path.isdir(folder):
+        raise WorkdirError(f"cannot write {path}: the folder {folder} does not exist; create "
+                           "it first or give another path")
+    handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.",
+                                         suffix=".tmp")
+    try:
+        with os.fdopen(handle, mode) as f:
+            yield f
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(temporary)
+        raise
+
+
 def write_json(path: str, payload: dict) -> None:
     """Write atomically: a reader never sees half a file, a crash never leaves one."""
-    temporary = f"{path}.tmp"
-    with open(temporary, "w") as f:
+    with replace_atomically(path, "w") as f:
         json.dump(payload, f, indent=2, sort_keys=True)
         f.write("\n")
-    os.replace(temporary, path)
 
 
 def read_log_lines(path: str) -> list:
@@ -43,6 +68,5 @@ def keep_log_lines_up_to(path: str, last_step: int) -> None:
         return
     kept = [line if line.endswith("\n") else line + "\n"
             for line, record in read_log_lines(path) if record["step"] <= last_step]
-    with open(f"{path}.tmp", "w") as f:
+    with replace_atomically(path, "w") as f:
         f.writelines(kept)
-    os.replace(f"{path}.tmp", path)

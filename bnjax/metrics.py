@@ -162,11 +162,12 @@ class Reporter:
     """
 
     def __init__(self, workdir: str, total_steps: int, steps_per_epoch: int, start_step: int,
-                 chief: bool = True, progress: bool = True):
+                 chief: bool = True, progress: bool = True, name: str = ""):
         """progress=False: files only; the log lines are the caller's (a replica group logs
         one line for all its replicas)."""
         self.total_steps = total_steps
         self.progress = progress
+        self.prefix = f"{name}  " if name else ""  # a task's name, before its lines
         self.steps_per_epoch = steps_per_epoch
         self.chief = chief
         self.train_log = os.path.join(workdir, "train_log.jsonl")
@@ -195,8 +196,8 @@ class Reporter:
         if not self.progress:
             return
         epoch = (step - 1) // self.steps_per_epoch + 1
-        logging.info("epoch %d  step %d/%d (%.1f%%)  loss %.4f  acc %.4f  lr %.4g  "
-                     "%.0f img/s  eta %s", epoch, step, self.total_steps,
+        logging.info("%sepoch %d  step %d/%d (%.1f%%)  loss %.4f  acc %.4f  lr %.4g  "
+                     "%.0f img/s  eta %s", self.prefix, epoch, step, self.total_steps,
                      100.0 * step / self.total_steps, values["loss"], values["accuracy"],
                      values["lr"], images_per_s, self.pace.eta(step))
 
@@ -204,7 +205,8 @@ class Reporter:
         self.scalars(step, "test", values)
         if not self.chief or not self.progress:
             return
-        logging.info("epoch %d  test loss %.4f  test accuracy %.4f  (elapsed %s)", epoch,
+        logging.info("%sepoch %d  test loss %.4f  test accuracy %.4f  (elapsed %s)",
+                     self.prefix, epoch,
                      values["loss"], values["accuracy"], format_duration(time.time() -
                                                                          self.started))
 

@@ -17,12 +17,12 @@ REPLICA_FIELDS = ("seed", "model.bn_init", "train.lr", "train.weight_decay", "tr
 
 def _shared_fields(config) -> dict:
     """The fields every replica of a group must agree on, with the structural facts hidden in
-    replica fields: whether momentum is on, whether a learning rate is scaled by role, and
-    (random_k's masks follow it) the seed."""
+    replica fields: whether momentum is on and (random_k's masks, which the compiled optimizer
+    holds, follow it) the seed. The seed and bn_init may change the frozen weights (bn_init in
+    modes that freeze gamma or beta): bnjax.engine then gives each replica its own copy."""
     shared = {name: value for name, value in flat_fields(config.to_dict())
               if name not in REPLICA_FIELDS}
     shared["train.momentum > 0"] = config.train.momentum > 0
-    shared["train lr scaled"] = config.train.gamma_lr_scale != 1 or config.train.beta_lr_scale != 1
     if config.train.mode in partition.MASKED_MODES:
         shared["seed"] = config.seed
     return shared

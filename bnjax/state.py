@@ -42,8 +42,9 @@ def weights_checksum(tree) -> str:
     return digest.hexdigest()
 
 
-# The optimizer's numbers. Replicas of one compiled program (bnjax.replicas) may each have
-# their own values of these; everything else about the optimizer is shared structure.
+# The optimizer's numbers: held in the optimizer state (optax.inject_hyperparams), so replicas of
+# one compiled program (bnjax.replicas) each carry their own values. Everything else about the
+# optimizer is structure, read from the config when it is built.
 HYPERPARAMETERS = ("lr", "weight_decay", "momentum", "gamma_lr_scale", "beta_lr_scale")
 
 
@@ -67,8 +68,8 @@ def learning_rate_schedule(train_config, steps_per_epoch: int, lr=None) -> optax
 
 
 def multiply_updates(multipliers) -> optax.GradientTransformation:
-    """Multiply the updates of the leaves in `multipliers` (a flat {path: array or scalar}):
-    random_k's per-element masks, per-role learning-rate scales."""
+    """Multiply the updates of the leaves in `multipliers` (a flat {path: array}): random_k's
+    per-element masks."""
 
     def update_fn(updates, state, params=None):
         flat = partition.flatten(updates)
@@ -79,49 +80,66 @@ def multiply_updates(multipliers) -> optax.GradientTransformation:
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
 
 
-def _is_one(value) -> bool:
-    return isinstance(value, (int, float)) and value == 1
+def _role_mask(role: str):
+    """optax.masked's mask: True at the leaves of `role` (bnjax.partition)."""
+
+    def mask(tree):
+        return jax.tree_util.tree_map_with_path(
+            lambda path, _: partition.role_of("/".join(key.key for key in path)) == role, tree)
+
+    return mask
 
 
-def _update_multipliers(param_labels, masks, hyper) -> dict:
-    """{path: multiplier} of the trainable leaves whose updates are scaled: random_k's masks
-    and the gamma / beta learning-rate scales (left out where they are a constant 1)."""
-    multipliers = dict(partition.flatten(masks)) if masks is not None else {}
-    scales = {role: hyper[f"{role}_lr_scale"] for role in ("gamma", "beta")}
-    for path, label in partition.flatten(param_labels).items():
-        scale = scales.get(partition.role_of(path))
-        if label == partition.TRAINABLE and scale is not None and not _is_one(scale):
-            multipliers[path] = scale
-    return multipliers
-
-
-def _learner(train_config, lr_schedule, hyper) -> list:
+def _learner(train_config, lr_schedule, momentum, weight_decay) -> list:
     """The optimizer's steps for the trainable leaves, before any update multipliers."""
-    momentum, decay = hyper["momentum"], hyper["weight_decay"]
     if train_config.optimizer == "adamw":
-        return [optax.adamw(lr_schedule, b1=momentum, weight_decay=decay)]
+        return [optax.adamw(lr_schedule, b1=momentum, weight_decay=weight_decay)]
     step = (optax.adam(lr_schedule, b1=momentum) if train_config.optimizer == "adam" else
             optax.sgd(lr_schedule, momentum=momentum if train_config.momentum else None,
                       nesterov=train_config.nesterov))
-    return [optax.add_decayed_weights(decay), step]
+    return [optax.add_decayed_weights(weight_decay), step]
 
 
-def make_optimizer(train_config, param_labels, lr_schedule, masks=None,
-                   hyper: dict | None = None) -> optax.GradientTransformation:
+def make_optimizer(train_config, param_labels, steps_per_epoch: int,
+                   masks=None) -> optax.GradientTransformation:
     """train.optimizer with weight decay on trainable leaves; frozen leaves get nothing.
 
-    optax.multi_transform keeps optimizer state only for the 'trainable' partition. With
-    masks (random_k), only the masked-in elements of a trainable leaf ever change. `hyper`
-    (default: the config's) holds the numbers of HYPERPARAMETERS; a replica group passes traced
-    values for those its replicas set differently. Momentum 0 or not is structure, and so
-    are the optimizer and Nesterov: they come from train_config.
+    optax.multi_transform keeps optimizer state only for the 'trainable' partition. With masks
+    (random_k), only the masked-in elements of a trainable leaf ever change. The numbers of
+    HYPERPARAMETERS start from train_config and live in the state (opt_state.hyperparams:
+    with_numbers_of sets them); the optimizer, Nesterov and whether momentum is on are
+    structure. The gamma and beta lr scales always apply (a scale of 1 leaves every bit).
     """
-    hyper = hyperparameters(train_config) if hyper is None else hyper
-    multipliers = _update_multipliers(param_labels, masks, hyper)
-    learner = optax.chain(*_learner(train_config, lr_schedule, hyper),
-                          *([multiply_updates(multipliers)] if multipliers else []))
-    return optax.multi_transform(
-        {partition.TRAINABLE: learner, partition.FROZEN: optax.set_to_zero()}, param_labels)
+
+    def with_numbers(lr, weight_decay, momentum, gamma_lr_scale, beta_lr_scale):
+        schedule = learning_rate_schedule(train_config, steps_per_epoch, lr)
+        learner = optax.chain(
+            *_learner(train_config, schedule, momentum, weight_decay),
+            optax.masked(optax.scale(gamma_lr_scale), _role_mask("gamma")),
+            optax.masked(optax.scale(beta_lr_scale), _role_mask("beta")),
+            *([multiply_updates(partition.flatten(masks))] if masks is not None else []))
+        return optax.multi_transform(
+            {partition.TRAINABLE: learner, partition.FROZEN: optax.set_to_zero()}, param_labels)
+
+    return optax.inject_hyperparams(with_numbers)(**hyperparameters(train_config))
+
+
+def with_numbers_of(restored: TrainState, fresh: TrainState) -> TrainState:
+    """`restored` with the optimizer numbers of `fresh` (its config's): a resume under
+    --branch continues with the new config's numbers). Host copies: a training call donates
+    the state it is given, and `fresh` may serve again."""
+    return restored.replace(opt_state=restored.opt_state._replace(
+        hyperparams=jax.tree.map(np.array, fresh.opt_state.hyperparams)))
+
+
+def learning_rate(train_config, steps_per_epoch: int):
+    """lr_at(opt_state, step): the learning rate a state's numbers give at `step`."""
+
+    def lr_at(opt_state, step):
+        return learning_rate_schedule(train_config, steps_per_epoch,
+                                      opt_state.hyperparams["lr"])(step)
+
+    return lr_at
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,7 +149,7 @@ class ModelSetup:
     model: object
     frozen: dict  # the frozen parameter leaves, regenerated from the seed
     param_labels: dict  # a tree like the params: 'trainable' or 'frozen' (optax.multi_transform)
-    lr_schedule: optax.Schedule
+    learning_rate: object  # lr_at(opt_state, step) of bnjax.state.learning_rate
     optimizer: optax.GradientTransformation
     masks: dict | None  # random_k's per-element masks over the trainable leaves
     total_params: int
@@ -153,12 +171,12 @@ def initialize(config, num_classes: int, image_shape, steps_per_epoch: int,
     if mode in partition.MASKED_MODES:
         masks = initial_weights.random_k_masks(trainable, config.train.random_k, config.seed,
                                                frozen_init)
-    lr_schedule = learning_rate_schedule(config.train, steps_per_epoch)
-    optimizer = make_optimizer(config.train, param_labels, lr_schedule, masks)
+    optimizer = make_optimizer(config.train, param_labels, steps_per_epoch, masks)
     state = TrainState(step=jnp.asarray(0, jnp.int32), trainable=trainable,
                        batch_stats=variables.get("batch_stats", {}),
                        opt_state=optimizer.init(params))
-    setup = ModelSetup(model, frozen, param_labels, lr_schedule, optimizer, masks,
+    setup = ModelSetup(model, frozen, param_labels,
+                       learning_rate(config.train, steps_per_epoch), optimizer, masks,
                        total_params=partition.count(params),
                        trainable_params=partition.trainable_count(trainable, mode,
                                                                   config.train.random_k),

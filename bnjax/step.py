@@ -69,10 +69,12 @@ def _cross_entropy(logits, targets):
     return optax.softmax_cross_entropy_with_integer_labels(logits, targets)
 
 
-def train_step_function(model, optimizer, param_labels, lr_schedule,
+def train_step_function(model, optimizer, param_labels, learning_rate,
                         augment_on_device: bool = True):
     """train_step(state, frozen, images_uint8, targets, augment_key) -> (state, metrics), not
-    yet compiled (make_train_step compiles it; bnjax.replicas maps it over replicas first).
+    yet compiled (make_train_step compiles it; bnjax.engine maps it over replicas first).
+    The optimizer's numbers are in state.opt_state; learning_rate(opt_state, step) is the lr
+    they give (bnjax.state.learning_rate), logged.
 
     augment_on_device: CIFAR's pad-crop and flip inside the step, keyed by (key, step); off for
     batches the host pipeline has already augmented (ImageNet).
@@ -102,7 +104,7 @@ def train_step_function(model, optimizer, param_labels, lr_schedule,
                                   batch_stats=batch_stats, opt_state=opt_state)
         metrics = {"loss": loss,
                    "accuracy": jnp.mean(jnp.argmax(logits, -1) == targets),
-                   "lr": lr_schedule(state.step),
+                   "lr": learning_rate(state.opt_state, state.step),
                    "grad_norm": optax.tree.norm(grads)}  # trainable leaves only
         return new_state, metrics
 
@@ -134,11 +136,11 @@ def compile_steps(train_step, steps_per_call: int = 1):
     return jax.jit(train_steps, donate_argnums=(0,))
 
 
-def make_train_step(model, optimizer, param_labels, lr_schedule, augment_on_device: bool = True,
-                    steps_per_call: int = 1):
+def make_train_step(model, optimizer, param_labels, learning_rate,
+                    augment_on_device: bool = True, steps_per_call: int = 1):
     """The compiled train_step(state, frozen, images_uint8, targets, augment_key) ->
     (state, metrics) of train_step_function, steps_per_call steps per call (compile_steps)."""
-    return compile_steps(train_step_function(model, optimizer, param_labels, lr_schedule,
+    return compile_steps(train_step_function(model, optimizer, param_labels, learning_rate,
                                              augment_on_device), steps_per_call)
 
 

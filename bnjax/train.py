@@ -17,6 +17,7 @@ from bnjax import config as config_lib
 from bnjax import data as data_lib
 from bnjax import (checkpoint, distributed, initial_weights, partition, replicas, runinfo,
                    summary)
+from bnjax import tasks as tasks_lib
 from bnjax import engine as engine_lib
 from bnjax import workdir as workdir_lib
 from bnjax.data.batches import steps_per_epoch as count_steps_per_epoch
@@ -27,7 +28,7 @@ from bnjax.files import write_json
 from bnjax.metrics import Pace, Reporter, Throughput, Window
 from bnjax.models import parse_name
 from bnjax.timetable import Timetable
-from bnjax.state import ModelSetup, initialize
+from bnjax.state import ModelSetup, initialize, with_numbers_of
 from bnjax.step import make_mesh
 
 
@@ -132,7 +133,8 @@ def _resume(workdir: str, manager, state, description: dict, branch: bool,
         try:
             saved = checkpoint.read_meta(manager, step)
             changed = checkpoint.check_same_run(saved, description, where, branch)
-            restored = checkpoint.restore_state(manager, step, state)
+            restored = with_numbers_of(
+                checkpoint.restore_state(manager, step, state, saved["format"]), state)
         except DamagedCheckpointError as error:
             logging.warning("%s; trying the checkpoint before it", error)
             continue
@@ -206,19 +208,96 @@ def train_group(configs: list, workdirs: list, stop_at_step: int | None = None,
     each in its own workdir exactly as train_and_evaluate would (one config: that). Returns
     each run's metrics. A replica that becomes non-finite ends alone: its metrics.json says
     diverged, and the others go on. Stops and resumes are those of a single run."""
-    if len(set(map(os.path.abspath, workdirs))) != len(workdirs):
-        raise ConfigError(f"the runs of a group need a workdir each; got {workdirs}")
     if len(configs) > 1:
         for config in configs:
             config_lib.validate(config)
         replicas.check_group(configs)
+    with signals_received() as received, _prepared(configs, workdirs, overwrite,
+                                                   branch, received) as (lanes, states, saved):
+        if all(lane.ended for lane in lanes):
+            return [lane.ended for lane in lanes]
+        return _to_the_end(_training(lanes, states, saved, stop_at_step, len(lanes) == 1,
+                                     received))
+
+
+def train_tasks(config, workdir: str, stop_at_step: int | None = None, overwrite: bool = False,
+                branch: bool = False) -> dict[str, dict]:
+    """Train the K tasks of config.data.tasks on one frozen backbone (the seed's, or the
+    base's), each with its own data, classes, output layer, BatchNorm and epochs, in its own
+    run folder WORKDIR/NAME that is an ordinary run's: its config is the task's run alone
+    (bnjax.tasks.task_config). Their calls interleave one by one, each task's program the one
+    its run alone compiles (tasks of equal shapes share it): a task computes exactly what it
+    computes alone. A task that diverges ends alone; a signal or stop_at_step stops every
+    task at its next call, each saved. Returns {name: metrics}."""
+    config_lib.validate(config)
+    named = tasks_lib.parse(config.data.tasks)
+    configs = [tasks_lib.task_config(config, source) for _, source in named]
+    if distributed.is_chief():
+        tasks_lib.claim(workdir, [name for name, _ in named])
+    with signals_received() as received, contextlib.ExitStack() as stack:
+        prepared = [stack.enter_context(_prepared([task], [os.path.join(workdir, name)],
+                                                  overwrite, branch, received))
+                    for (name, _), task in zip(named, configs)]
+        tasks_lib.check_shared_backbone([lanes[0].run for lanes, _, _ in prepared],
+                                        [name for name, _ in named])
+        logging.info("%d tasks share one program and the frozen backbone of seed %d: %s",
+                     len(named), config.seed, ", ".join(
+                         f"{name} ({lanes[0].run.train_data.num_classes} classes, "
+                         f"{lanes[0].run.timetable.total_steps} steps)"
+                         for (name, _), (lanes, _, _) in zip(named, prepared)))
+        trainings = {name: _training(lanes, states, saved, stop_at_step, False, received,
+                                     name=name)
+                     for (name, _), (lanes, states, saved) in zip(named, prepared)
+                     if not lanes[0].ended}
+        results = {name: lanes[0].ended for (name, _), (lanes, _, _) in zip(named, prepared)}
+        results.update(_interleave(trainings))
+        return results
+
+
+def _to_the_end(training):
+    """Run a _training generator to its end; its return value."""
+    while True:
+        try:
+            next(training)
+        except StopIteration as end:
+            return end.value
+
+
+def _interleave(trainings: dict) -> dict:
+    """Run _training generators one call each in turn until every one has ended; {name: its
+    first lane's metrics}. A stop (a signal, stop_at_step) reaches every task at its next
+    call; the first is raised once all have stopped or finished."""
+    results, stopped = {}, []
+    while trainings:
+        for name, training in list(trainings.items()):
+            try:
+                next(training)
+            except StopIteration as end:
+                results[name] = end.value[0]
+                del trainings[name]
+            except Interrupted as stop:
+                stopped.append(stop)
+                del trainings[name]
+    if stopped:
+        raise stopped[0]
+    return results
+
+
+@contextlib.contextmanager
+def _prepared(configs: list, workdirs: list, overwrite: bool, branch: bool, received: list):
+    """(lanes, states, saved) of runs ready to train from one step, their workdirs claimed
+    and their checkpoint managers open (the last saves are waited for on exit). Finished runs
+    are lanes already ended."""
+    if len(set(map(os.path.abspath, workdirs))) != len(workdirs):
+        raise ConfigError(f"the runs of a group need a workdir each; got {workdirs}")
     lanes = _build_lanes(configs, workdirs, overwrite)
     if all(lane.ended for lane in lanes):
         for lane in lanes:
             logging.info("%s holds a finished run of this config (%s); nothing to do. Use a "
                          "new --workdir, or --overwrite to train it again.", lane.workdir,
                          _outcome(lane.ended))
-        return [lane.ended for lane in lanes]
+        yield lanes, [], []
+        return
     chief = distributed.is_chief()
     with contextlib.ExitStack() as stack:
         if chief:
@@ -229,12 +308,13 @@ def train_group(configs: list, workdirs: list, stop_at_step: int | None = None,
             if not lane.ended:
                 lane.manager = checkpoint.open_manager(lane.workdir, lane.run.config.checkpoint)
                 stack.callback(_finish_saves, lane.manager)
-        states, saved = _resume_aligned(lanes, branch)
+        states, saved = _resume_each(lanes, branch)
         if chief:
             for lane in lanes:
                 if not lane.ended:
                     write_json(os.path.join(lane.workdir, "run.json"), lane.description)
-        return _train_loop(lanes, states, saved, stop_at_step)
+        _catch_up(lanes, states, saved, branch, received)
+        yield lanes, states, saved
 
 
 def _outcome(metrics: dict) -> str:
@@ -250,37 +330,59 @@ def _build_lanes(configs, workdirs, overwrite: bool) -> list[Lane]:
         run, state = build_run(config, _frozen_init_to_continue(workdir, overwrite), splits)
         # in-memory splits are the same for every seed; host-augmented ones are keyed by it
         splits = None if run.train_data.augmented_on_host else (run.train_data, run.eval_data)
-        lane = Lane(run, workdir, state, run.describe())
+        # on the host: training calls donate the device state they get, and this one may serve
+        # again (a restore target, a lane that catches up)
+        lane = Lane(run, workdir, jax.device_get(state), run.describe())
         lane.ended = None if overwrite else _finished_metrics(workdir, lane.description)
         lanes.append(lane)
     return lanes
 
 
-def _resume_aligned(lanes: list[Lane], branch: bool) -> tuple[list, list]:
-    """Each lane's state and checkpoint metadata, all at one step: the newest step every
-    unfinished lane can resume from (a group killed mid-save may have saved some replicas
-    only). Checkpoints past that step are deleted. Ended lanes keep their fresh state: they
-    are computed alongside the others (so the program keeps its shape) and never saved."""
+def _resume_each(lanes: list[Lane], branch: bool) -> tuple[list, list]:
+    """Each lane's state and checkpoint metadata at its own newest readable checkpoint (ended
+    lanes keep their fresh state: they never train again)."""
     states = [lane.fresh_state for lane in lanes]
     saved = [{} for _ in lanes]
-    at_most = None
-    while True:
-        for index, lane in enumerate(lanes):
-            if lane.ended or (at_most is not None and int(states[index].step) <= at_most):
-                continue
+    for index, lane in enumerate(lanes):
+        if not lane.ended:
             states[index], saved[index] = _resume(lane.workdir, lane.manager, lane.fresh_state,
-                                                  lane.description, branch, at_most)
-        steps = {int(states[i].step) for i, lane in enumerate(lanes) if not lane.ended}
-        if len(steps) == 1:
-            break
-        at_most = min(steps)
-        logging.warning("the replicas' newest checkpoints are at steps %s; all continue from "
-                        "step %d", sorted(steps), at_most)
-    step = steps.pop()
-    for lane in lanes:
-        for newer in [s for s in (lane.manager.all_steps() if lane.manager else ()) if s > step]:
-            lane.manager.delete(newer)
+                                                  lane.description, branch)
     return states, saved
+
+
+def _catch_up(lanes: list[Lane], states: list, saved: list, branch: bool,
+              received: list) -> None:
+    """Bring every unfinished lane to one step, in place: the lanes that resume behind the
+    others (a run stopped alone and now joining a group, or a group killed mid-save) train
+    alone up to the next step another lane holds, until all hold the most advanced one's.
+    No checkpoint is deleted. A signal during it stops the group as it would stop training."""
+    for _ in range(2 * len(lanes) + 1):
+        steps = {index: int(states[index].step) for index, lane in enumerate(lanes)
+                 if not lane.ended}
+        if len(set(steps.values())) <= 1:
+            return
+        lowest = min(steps.values())
+        target = min(step for step in steps.values() if step > lowest)
+        behind = [index for index, step in steps.items() if step == lowest]
+        logging.warning("the group's runs resume at steps %s; %s train%s from step %d to step "
+                        "%d first", ", ".join(f"{lanes[i].workdir}: {s}" for i, s in
+                                             steps.items()),
+                        ", ".join(lanes[i].workdir for i in behind),
+                        "s" if len(behind) == 1 else "", lowest, target)
+        try:
+            _to_the_end(_training([lanes[i] for i in behind], [states[i] for i in behind],
+                                  [saved[i] for i in behind], target, False, received))
+        except Interrupted as stopped:
+            if stopped.signum is not None:
+                raise
+        for index in behind:
+            if not lanes[index].ended:
+                states[index], saved[index] = _resume(
+                    lanes[index].workdir, lanes[index].manager, lanes[index].fresh_state,
+                    lanes[index].description, branch)
+    raise CheckpointError("the group's runs could not be brought to one step ("
+                          f"{sorted(set(steps.values()))}); train them one at a time "
+                          "(bnjax sweep --replicas=1) to finish them")
 
 
 def _finished_metrics(workdir: str, description: dict) -> dict | None:
@@ -319,19 +421,24 @@ def _claim_workdir(workdir: str, overwrite: bool):
         yield
 
 
-def _finish_saves(manager) -> None:
+def _wait_for_saves(manager) -> None:
     try:
         manager.wait_until_finished()  # errors of asynchronous saves surface here
     except Exception as error:
         raise TrainingError(f"writing the last checkpoint failed ({error}); the checkpoints "
                             f"completed before it in {manager.directory} are intact. Free disk "
                             "space or fix the folder, then rerun to resume.") from None
+
+
+def _finish_saves(manager) -> None:
+    try:
+        _wait_for_saves(manager)
     finally:
         manager.close()
 
 
 def _end_diverged(lanes: list[Lane], values: list, finite, first_step: int, last_step: int,
-                  single: bool) -> None:
+                  alone: bool) -> None:
     """End every lane whose window loss or whose state (trainable leaves, statistics, optimizer
     state) is no longer finite, before anything of it is logged or saved. A group writes the
     lane's metrics.json saying so; a run alone raises Diverged."""
@@ -339,16 +446,18 @@ def _end_diverged(lanes: list[Lane], values: list, finite, first_step: int, last
         loss = values[index]["loss"]
         if lane.ended or (np.isfinite(loss) and finite[index]):
             continue
-        reason = (f"the training loss became {loss} within steps {first_step}-{last_step}"
+        last_saved = lane.manager.latest_step()
+        # every saved step was checked finite: the fault came after the last save
+        since = max(first_step, (last_saved or 0) + 1)
+        reason = (f"the training loss became {loss} within steps {since}-{last_step}"
                   if not np.isfinite(loss) else
                   f"the trainable parameters or optimizer state became non-finite by step "
                   f"{last_step}")
-        last_saved = lane.manager.latest_step()
         kept = (f"the last checkpoint (step {last_saved}) is intact" if last_saved is not None
                 else "no checkpoint had been saved yet")
         lane.ended = _diverged_metrics(lane.run, lane.history, last_step, reason)
         lr = lane.run.config.train.lr
-        if single:
+        if alone:
             raise Diverged(f"{reason}; training stopped before saving that state, {kept}. "
                            f"Lower train.lr (it is {lr}) and rerun with --branch to continue "
                            "from that checkpoint, or check the data.", lane.ended)
@@ -379,9 +488,13 @@ def _log_group_progress(lanes, done: int, values: list, rate: float, pace: Pace)
                  pace.eta(done))
 
 
-def _train_loop(lanes: list[Lane], states: list, saved: list, stop_at_step):
-    """Train the lanes from `states` to the end; `saved` is each one's checkpoint metadata ({}
-    for a fresh start): the history, the open log window and the time spent so far."""
+def _training(lanes: list[Lane], states: list, saved: list, stop_at_step, alone: bool,
+              received: list, name: str = ""):
+    """Train the lanes from `states` (all at one step) to the end, yielding after each call;
+    returns each lane's metrics. `saved` is each one's checkpoint metadata ({} for a fresh
+    start): the history, the open log window and the time spent so far. alone: a run by
+    itself (its divergence raises Diverged). received: the signals that stop it (at the next
+    call's end, saved). name: a task's, before its progress lines."""
     run = lanes[0].run
     config, timetable = run.config, run.timetable
     live = [index for index, lane in enumerate(lanes) if not lane.ended]
@@ -392,6 +505,9 @@ def _train_loop(lanes: list[Lane], states: list, saved: list, stop_at_step):
         raise StopStepPassed(start_step, stop_at_step)
     single = len(lanes) == 1
     chief = distributed.is_chief()
+    for index in live if not single else ():
+        logging.info("%s: step %d of %d", lanes[index].workdir, int(states[index].step),
+                     timetable.total_steps)
     for index in live:
         lanes[index].history = saved[index].get("history", [])
     logging.info("%s, mode %s: %d of %d parameters trainable; step %d of %d (%d epochs x %d)%s",
@@ -408,7 +524,7 @@ def _train_loop(lanes: list[Lane], states: list, saved: list, stop_at_step):
         if not lane.ended:
             lane.reporter = Reporter(lane.workdir, timetable.total_steps,
                                      timetable.steps_per_epoch, start_step, chief=chief,
-                                     progress=single)
+                                     progress=single, name=name)
     batch = config.train.batch_size
     carried = [saved[index].get("open_window") or first_saved.get("open_window")
                for index in range(len(lanes))]
@@ -417,14 +533,15 @@ def _train_loop(lanes: list[Lane], states: list, saved: list, stop_at_step):
     started = time.time() - (timing["wall_s"] if timing else 0.0)  # wall time up to checkpoints
     calls = prefetch(engine.calls(start_step))
     profiler = _Profiler(config.log.profile_steps, os.path.join(lanes[0].workdir, "profile"))
-    with signals_received() as received, contextlib.closing(calls), \
-            contextlib.ExitStack() as reporters, contextlib.closing(profiler):
+    with contextlib.closing(calls), contextlib.ExitStack() as reporters, \
+            contextlib.closing(profiler):
         for lane in lanes:
             if lane.reporter:
                 reporters.callback(lane.reporter.close)
         for steps, images, targets in calls:
             profiler.before(steps[0] + 1, steps[-1] + 1)
-            state, metrics = engine.run_call(state, steps, images, targets)
+            state, metrics = engine.run_call(state, steps, images, targets,
+                                             [not lane.ended for lane in lanes])
             profiler.after(steps[-1] + 1, metrics)
             window.add(metrics, len(steps))
             done = steps[-1] + 1
@@ -435,7 +552,7 @@ def _train_loop(lanes: list[Lane], states: list, saved: list, stop_at_step):
             if due.log or due.save or stopping:  # nothing non-finite is logged or saved
                 values = window.means()  # one host sync
                 _end_diverged(lanes, values, engine.finite(state), done - len(window) + 1,
-                              done, single)
+                              done, alone)
                 if all(lane.ended for lane in lanes):
                     logging.warning("every replica diverged by step %d", done)
                     return [lane.ended for lane in lanes]
@@ -481,8 +598,12 @@ def _train_loop(lanes: list[Lane], states: list, saved: list, stop_at_step):
                     if lane.manager and not lane.ended:
                         lane.manager.wait_until_finished()
                 raise Interrupted(done, received[0] if received else None)
+            yield
 
     speed, wall_time = clock.overall(), time.time() - started
+    for lane in lanes:  # the run is finished once its last checkpoint is complete
+        if not lane.ended:
+            _wait_for_saves(lane.manager)
     for lane in lanes:
         if lane.ended:
             continue

@@ -12,6 +12,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from bnjax import checkpoint, export, partition, runinfo
+from bnjax import tasks as tasks_lib
 from bnjax import config as config_lib
 from bnjax.config import looks_like_path
 from bnjax import data as data_lib
@@ -63,7 +64,7 @@ def from_workdir(workdir: str, step: int | None = None) -> TrainedModel:
                                   f"{sorted(manager.all_steps())}")
         meta = checkpoint.read_meta(manager, step)
         config, setup, target = _rebuild(meta, f"{workdir} (checkpoint step {step})")
-        state = checkpoint.restore_state(manager, step, target)
+        state = checkpoint.restore_state(manager, step, target, meta["format"])
     finally:
         manager.close()
     metrics_path = os.path.join(workdir, "metrics.json")
@@ -76,8 +77,9 @@ def from_workdir(workdir: str, step: int | None = None) -> TrainedModel:
     return TrainedModel(config, setup, state, {**description, "step": step, "metrics": metrics})
 
 
-def from_export(path: str) -> TrainedModel:
-    description, trainable, batch_stats = export.read_export(path)
+def from_export(path: str, task: str | None = None) -> TrainedModel:
+    """A single export's model, or one task's of a bundle."""
+    description, trainable, batch_stats = export.read_export(path, task)
     config, setup, state = _rebuild(description, path)
     if jax.tree.structure(trainable) != jax.tree.structure(state.trainable):
         raise CheckpointError(f"{path}: its trained leaves do not fit {config.model.name} in "
@@ -88,16 +90,75 @@ def from_export(path: str) -> TrainedModel:
 
 
 def export_workdir(workdir: str, out_path: str, step: int | None = None) -> dict:
-    """Write the export file of the latest (or the given) checkpoint step of a workdir."""
+    """Write the export file of the latest (or the given) checkpoint step of a workdir; of a
+    multi-task workdir, the bundle of every task's latest checkpoint."""
+    names = tasks_lib.read_index(workdir)
+    if names is not None:
+        if step is not None:
+            raise CheckpointError(f"{workdir} holds tasks ({', '.join(names)}), each at its own "
+                                  "step: leave out --step (or export one task's folder, "
+                                  f"e.g. --workdir={os.path.join(workdir, names[0])})")
+        models = {name: from_workdir(os.path.join(workdir, name)) for name in names}
+        sizes = export.write_bundle(out_path, {
+            name: (model.description, model.state.trainable, model.state.batch_stats)
+            for name, model in models.items()})
+        return {"tasks": {name: {"step": model.description["step"],
+                                 "bytes": sizes["tasks"][name]}
+                          for name, model in models.items()},
+                "header_bytes": sizes["header"], "bytes": os.path.getsize(out_path)}
     trained = from_workdir(workdir, step)
     export.write_export(out_path, trained.description, trained.state.trainable,
                         trained.state.batch_stats)
     return {"step": trained.description["step"], "bytes": os.path.getsize(out_path)}
 
 
-def evaluate_export(path: str, data_source: str | None = None) -> dict:
-    """Test loss and accuracy of an exported model, without its training workdir."""
-    trained = from_export(path)
+def bundle_exports(paths: list[str], names: list[str], out_path: str) -> dict:
+    """Merge single-task exports (entering under `names`, one per path; '' for a bundle,
+    whose tasks keep theirs) and bundles of one backbone into the bundle `out_path`."""
+    if len(names) != len(paths):
+        raise CheckpointError(f"--names gives {len(names)} names for {len(paths)} exports; "
+                              "give one per export ('' for a bundle, whose tasks keep their "
+                              "names), e.g. --names=cifar10,,mnist")
+    merged = {}
+    for path, name in zip(paths, names):
+        tasks = export.read_tasks(path)
+        if None in tasks and not name:
+            raise CheckpointError(f"{path} is a single run's export: give it a name in --names")
+        if None not in tasks and name:
+            raise CheckpointError(f"{path} is a bundle (tasks {', '.join(tasks)}), whose tasks "
+                                  f"keep their names: give '' in its place in --names, not "
+                                  f"{name!r}")
+        for task, content in tasks.items():
+            task = name if task is None else task
+            if task in merged:
+                raise CheckpointError(f"two tasks are named {task!r} ({path} and an export "
+                                      "before it); rename one in --names")
+            merged[task] = content
+    sizes = export.write_bundle(out_path, merged)
+    return {**sizes, "bytes": os.path.getsize(out_path)}
+
+
+def recorded_test_accuracy(description: dict) -> float | None:
+    """The test accuracy the run recorded for the exported step (None if not finished)."""
+    return (description.get("metrics") or {}).get("test_accuracy")
+
+
+def evaluate_tasks(path: str, data_source: str | None = None,
+                   task: str | None = None) -> list[dict]:
+    """evaluate_export of one task (a single export: the model), or of every task of a
+    bundle, each on its recorded source."""
+    names = list(export.read_tasks(path)) if task is None else [task]
+    if len(names) > 1 and data_source:
+        raise CheckpointError(f"{path} holds tasks {', '.join(names)}, each with its own data: "
+                              "give --task=NAME with --data_source")
+    return [evaluate_export(path, data_source, name) for name in names]
+
+
+def evaluate_export(path: str, data_source: str | None = None,
+                    task: str | None = None) -> dict:
+    """Test loss and accuracy of an exported model (or of one task of a bundle), without its
+    training workdir, beside the accuracy recorded at training."""
+    trained = from_export(path, task)
     config = trained.config
     if data_source:
         config.data.source = data_source
@@ -112,7 +173,9 @@ def evaluate_export(path: str, data_source: str | None = None) -> dict:
     state, frozen = replicate((trained.state, trained.setup.frozen), mesh)
     result = evaluate(make_eval_step(trained.setup.model), mesh, state, frozen, eval_data,
                       config.eval.batch_size)
-    return {"test_accuracy": result["accuracy"], "test_loss": result["loss"],
+    return {**({"task": task} if task else {}),
+            "test_accuracy": result["accuracy"], "test_loss": result["loss"],
+            "recorded_test_accuracy": recorded_test_accuracy(trained.description),
             "model": config.model.name, "mode": config.train.mode, "seed": config.seed,
             "step": trained.description["step"], "examples": len(eval_data)}
 
@@ -145,9 +208,9 @@ def _with_training_labels(data, description: dict, source: str, path: str):
                                class_names=tuple(trained_classes))
 
 
-def materialize(export_path: str, out_dir: str) -> str:
+def materialize(export_path: str, out_dir: str, task: str | None = None) -> str:
     """Write every weight (params and batch_stats) as an Orbax checkpoint plus model.json."""
-    trained = from_export(export_path)
+    trained = from_export(export_path, task)
     if os.path.exists(out_dir) and os.listdir(out_dir):
         raise CheckpointError(f"--out={out_dir} exists and is not empty; choose a new folder")
     variables = trained.variables()

@@ -69,7 +69,7 @@ def measure(name: str, mode: str, batch: int = BATCH) -> dict:
     classes = 1000 if spec.family == "imagenet_resnet" else 10
     shape = (spec.image_size, spec.image_size, 3)
     setup, state = initialize(config, classes, shape, steps_per_epoch=10)
-    step = make_train_step(setup.model, setup.optimizer, setup.param_labels, setup.lr_schedule,
+    step = make_train_step(setup.model, setup.optimizer, setup.param_labels, setup.learning_rate,
                            augment_on_device=spec.family != "imagenet_resnet")
     traced = step.trace(state, setup.frozen, jax.ShapeDtypeStruct((batch,) + shape, np.uint8),
                         jax.ShapeDtypeStruct((batch,), np.int32), augment_key(0))

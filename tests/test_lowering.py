@@ -23,7 +23,7 @@ xla_flags.apply_defaults()
 import jax, jax.numpy as jnp, numpy as np
 from bnjax.config import base_config
 from bnjax.engine import make_step_function
-from bnjax.state import HYPERPARAMETERS, augment_key, initialize
+from bnjax.state import augment_key, initialize
 from bnjax.step import (compile_steps, eval_step_function, make_mesh, replicate, shard_batch,
                         train_step_function)
 
@@ -35,14 +35,12 @@ for name in sys.argv[1].split(","):
     config.train.steps_per_call = PER_CALL
     setup, state = initialize(config, 10, (32, 32, 3), 10)
     augment = not name.startswith("imagenet")
-    step = train_step_function(setup.model, setup.optimizer, setup.param_labels, setup.lr_schedule,
-                               augment)
+    step = train_step_function(setup.model, setup.optimizer, setup.param_labels,
+                               setup.learning_rate, augment)
     run = types.SimpleNamespace(config=config, setup=setup,
                                 train_data=types.SimpleNamespace(augmented_on_host=not augment),
                                 timetable=types.SimpleNamespace(steps_per_epoch=10))
-    replica_step = jax.vmap(make_step_function(run), in_axes=(0, None, None, None, None, 0))
-    numbers = {n: np.full(2, config.train[n], np.float32) for n in HYPERPARAMETERS
-               if n not in ("gamma_lr_scale", "beta_lr_scale")}
+    replica_step = jax.vmap(make_step_function(run), in_axes=(0, None, None, None, None))
     for size in (1, 8):
         mesh = make_mesh(jax.devices()[:size])
         rng = np.random.default_rng(0)
@@ -59,7 +57,7 @@ for name in sys.argv[1].split(","):
             "eval": (jax.jit(eval_step_function(setup.model)),
                      (state.trainable, frozen, state.batch_stats, *one, weights)),
             "replica": (compile_steps(replica_step, PER_CALL),
-                        (replicas, frozen, *stacked, key, replicate(numbers, mesh))),
+                        (replicas, frozen, *stacked, key)),
         }
         for function, (compiled, args) in calls.items():
             images_index = [i for i, leaf in enumerate(jax.tree.leaves(args))

@@ -84,7 +84,7 @@ def test_a_tiny_training_moves_only_the_affine_parameters(name, norm):
     config = base_config()
     config.model.name, config.model.norm = name, norm
     setup, state = initialize(config, 10, FAMILIES[name], steps_per_epoch=10)
-    step = make_train_step(setup.model, setup.optimizer, setup.param_labels, setup.lr_schedule,
+    step = make_train_step(setup.model, setup.optimizer, setup.param_labels, setup.learning_rate,
                            augment_on_device=False)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (4,) + FAMILIES[name], dtype=np.uint8)

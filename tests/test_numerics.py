@@ -5,7 +5,7 @@ import pytest
 
 from bnjax import partition
 from bnjax.config import base_config
-from bnjax.state import learning_rate_schedule, make_optimizer
+from bnjax.state import make_optimizer
 
 
 def _torch_sgd(params, grads, lr_at, momentum, weight_decay, nesterov):
@@ -19,42 +19,81 @@ def _torch_sgd(params, grads, lr_at, momentum, weight_decay, nesterov):
     return p
 
 
-@pytest.mark.parametrize("momentum,weight_decay,nesterov", [
-    (0.0, 0.0, False), (0.9, 0.0, False), (0.9, 1e-4, False), (0.0, 5e-3, False),
-    (0.9, 5e-4, True)])
-def test_sgd_updates_equal_the_closed_form(momentum, weight_decay, nesterov):
+class _ScaledInputs:
+    """A model whose logits are the (normalized) inputs times gamma times a frozen kernel, so
+    the loss gradient has a closed form (_closed_form_gradient)."""
+
+    @staticmethod
+    def apply(variables, inputs, train, mutable):
+        params = variables["params"]
+        logits = inputs.sum(axis=(1, 3)) * params["bn"]["scale"] * params["conv"]["kernel"]
+        return logits, {}
+
+
+def _closed_form_gradient(scale, kernel, features, targets):
+    """d mean cross-entropy / d gamma of _ScaledInputs, in float64."""
+    logits = features * scale * kernel
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs /= probs.sum(axis=1, keepdims=True)
+    probs[np.arange(len(targets)), targets] -= 1.0
+    return (probs * features * kernel).mean(axis=0)
+
+
+@pytest.mark.parametrize("momentum,weight_decay,nesterov,gamma_lr_scale", [
+    (0.0, 0.0, False, 1.0), (0.9, 0.0, False, 1.0), (0.9, 1e-4, False, 1.0),
+    (0.0, 5e-3, False, 1.0), (0.9, 5e-4, True, 1.0), (0.5, 1e-3, False, 3.0)])
+def test_training_steps_equal_sgd_in_closed_form(momentum, weight_decay, nesterov,
+                                                 gamma_lr_scale):
+    """The train step that training compiles, with the optimizer training builds
+    (state.make_optimizer, once), against torch.optim.SGD's rule in float64."""
     import jax
-    import optax
+
+    from bnjax.data.augment import IMAGENET_MEAN, IMAGENET_STD
+    from bnjax.state import TrainState, learning_rate
+    from bnjax.step import train_step_function
 
     train = base_config().train
     train.lr, train.momentum, train.weight_decay, train.nesterov = 0.1, momentum, weight_decay, \
         nesterov
+    train.gamma_lr_scale = gamma_lr_scale
     train.lr_milestones, train.warmup_epochs = (3,), 1
     steps_per_epoch = 2
-    lr_schedule = learning_rate_schedule(train, steps_per_epoch)
-    params = {"bn": {"scale": np.linspace(-1, 1, 5).astype(np.float32)},
-              "conv": {"kernel": np.ones(3, np.float32)}}
-    labels = {"bn": {"scale": partition.TRAINABLE}, "conv": {"kernel": partition.FROZEN}}
-    optimizer = make_optimizer(train, labels, lr_schedule)
     rng = np.random.default_rng(0)
-    grads = [rng.normal(size=5).astype(np.float32) for _ in range(10)]
-    state, current = optimizer.init(params), params
-    for g in grads:
-        updates, state = optimizer.update(
-            {"bn": {"scale": g}, "conv": {"kernel": np.ones(3, np.float32)}}, state, current)
-        current = optax.apply_updates(current, updates)
+    params = {"bn": {"scale": np.linspace(-1, 1, 5).astype(np.float32)},
+              "conv": {"kernel": rng.normal(size=5).astype(np.float32)}}
+    labels = {"bn": {"scale": partition.TRAINABLE}, "conv": {"kernel": partition.FROZEN}}
+    optimizer = make_optimizer(train, labels, steps_per_epoch)
+    trainable, frozen = partition.split(params, labels)
+    step = jax.jit(train_step_function(_ScaledInputs, optimizer, labels,
+                                       learning_rate(train, steps_per_epoch),
+                                       augment_on_device=False))
+    state = TrainState(step=np.int32(0), trainable=trainable, batch_stats={},
+                       opt_state=optimizer.init(params))
+    batches = [(rng.integers(0, 256, (4, 1, 5, 3), dtype=np.uint8), rng.integers(0, 5, 4))
+               for _ in range(10)]
+    logged_lr = []
+    for images, targets in batches:
+        state, metrics = step(state, frozen, images, targets, None)
+        logged_lr.append(float(metrics["lr"]))
 
     def lr_at(step):  # linear warm-up over epoch 1, then 0.1, /10 from epoch 3
         if step < steps_per_epoch:
             return 0.1 * step / steps_per_epoch
         return 0.1 * (0.1 if step >= 3 * steps_per_epoch else 1.0)
 
-    expected = _torch_sgd(params["bn"]["scale"], grads, lr_at, momentum, weight_decay, nesterov)
-    np.testing.assert_allclose(jax.device_get(current["bn"]["scale"]), expected, rtol=2e-6,
-                               atol=2e-7)
-    np.testing.assert_array_equal(current["conv"]["kernel"], params["conv"]["kernel"])
-    assert [float(lr_schedule(s)) for s in (0, 1, 2, 5, 6)] == pytest.approx(
-        [lr_at(s) for s in (0, 1, 2, 5, 6)])
+    # torch.optim.SGD's update rule (which open_lth uses), in float64, gamma's lr scaled
+    scale, kernel = np.float64(params["bn"]["scale"]), np.float64(params["conv"]["kernel"])
+    buffer = None
+    for index, (images, targets) in enumerate(batches):
+        features = ((images / 255.0 - IMAGENET_MEAN) / IMAGENET_STD).sum(axis=(1, 3))
+        g = _closed_form_gradient(scale, kernel, features, targets) + weight_decay * scale
+        buffer = g if buffer is None else momentum * buffer + g
+        direction = g + momentum * buffer if nesterov else buffer
+        scale = scale - gamma_lr_scale * lr_at(index) * (direction if momentum else g)
+    np.testing.assert_allclose(jax.device_get(state.trainable["bn"]["scale"]), scale,
+                               rtol=2e-6, atol=2e-7)
+    assert int(state.step) == 10
+    assert logged_lr == pytest.approx([lr_at(s) for s in range(10)])
 
 
 def test_a_tiny_bn_only_training_learns_the_fixture(tiny_config, tmp_path):
@@ -221,7 +260,7 @@ def test_bn_only_sgd_steps_equal_the_pytorch_original(torch_reference):
     import jax
     import optax
 
-    from bnjax.state import learning_rate_schedule, make_optimizer
+    from bnjax.state import make_optimizer
     from fixtures import reference_inputs
 
     train = base_config().train  # lr 0.1, momentum 0.9, weight decay 1e-4
@@ -229,7 +268,7 @@ def test_bn_only_sgd_steps_equal_the_pytorch_original(torch_reference):
     with jax.enable_x64(True):
         variables = _tree(reference_inputs.variables(), np.float64)
         labels = partition.param_labels(variables["params"], "bn")
-        optimizer = make_optimizer(train, labels, learning_rate_schedule(train, 100))
+        optimizer = make_optimizer(train, labels, 100)
         params, batch_stats = variables["params"], variables["batch_stats"]
         opt_state = optimizer.init(params)
         x = reference_inputs.normalized(images)

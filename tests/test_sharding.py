@@ -28,7 +28,7 @@ for devices in (jax.devices()[:1], jax.devices()):
     setup, state = initialize(config, 10, (32, 32, 3), 10)
     state, frozen = replicate((state, setup.frozen), mesh)
     key = replicate(augment_key(0), mesh)
-    step = make_train_step(setup.model, setup.optimizer, setup.param_labels, setup.lr_schedule)
+    step = make_train_step(setup.model, setup.optimizer, setup.param_labels, setup.learning_rate)
     losses = []
     for i in range(4):
         state, metrics = step(state, frozen, *shard_batch((images[i], targets[i]), mesh), key)

@@ -21,7 +21,7 @@ def _train_steps(config, steps):
     mesh = make_mesh()
     state, frozen = replicate((state, frozen), mesh)
     step_fn = make_train_step(run.setup.model, run.setup.optimizer, run.setup.param_labels,
-                              run.setup.lr_schedule)
+                              run.setup.learning_rate)
     key = augment_key(config.seed)
     for _, images, targets in train_batches(run.train_data, config.train.batch_size,
                                             config.seed, 0, steps):
@@ -131,7 +131,7 @@ def _compiled_convs_and_dots(mode):
     config.model.name, config.train.mode = "cifar_resnet_8_4", mode
     setup, state = initialize(config, 10, (32, 32, 3), 10)
     frozen = setup.frozen
-    step = make_train_step(setup.model, setup.optimizer, setup.param_labels, setup.lr_schedule)
+    step = make_train_step(setup.model, setup.optimizer, setup.param_labels, setup.learning_rate)
     images, targets = np.zeros((8, 32, 32, 3), np.uint8), np.zeros(8, np.int32)
     text = step.lower(state, frozen, images, targets, augment_key(0)).compile().as_text()
     return (len(re.findall(r"= \S+ convolution\(", text)),
@@ -287,7 +287,7 @@ def test_two_steps_equal_sgd_with_momentum_and_decay_written_out(tiny_config):
     run, state = build_run(tiny_config)
     setup = run.setup
     step = jax.jit(train_step_function(setup.model, setup.optimizer, setup.param_labels,
-                                       setup.lr_schedule, augment_on_device=False))
+                                       setup.learning_rate, augment_on_device=False))
     batches = [run.train_data.read(np.arange(i * 8, i * 8 + 8)) for i in range(2)]
 
     def gradient(trainable, images, targets):
