@@ -13,13 +13,14 @@ import ml_collections
 
 from bnjax.models import registry
 from bnjax.errors import ConfigError
-from bnjax.models.initializers import BN_INITIALIZERS
+from bnjax.models.initializers import BN_INITIALIZERS, KERNEL_INITIALIZERS
 from bnjax.models.norms import NORMS
 from bnjax.partition import MODE_ROLES
 
 MODES = tuple(MODE_ROLES)
 OPTIMIZERS = ("sgd", "adam", "adamw")
 BN_INITS = tuple(BN_INITIALIZERS)
+KERNEL_INITS = tuple(KERNEL_INITIALIZERS)
 DTYPES = ("float32", "bfloat16")
 
 
@@ -32,6 +33,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.model = ml_collections.ConfigDict()
     config.model.name = "cifar_resnet_20"
     config.model.bn_init = "uniform"
+    config.model.init = "kaiming_normal"
     config.model.dtype = "float32"
     config.model.norm = "batchnorm"
 
@@ -87,6 +89,9 @@ FIELD_HELP = {
                   "101, 152, 200)",
     "model.bn_init": "gamma and beta at init: uniform (gamma ~ U[0,1), beta 0), fixed (1, 0), "
                      "oneone (1, 1), positivenegative (U[-1,1), 0)",
+    "model.init": "the random kernels (convolutions, shortcuts, output layer), open_lth's "
+                  "choices: kaiming_normal, kaiming_uniform, orthogonal, binary (+-the Kaiming "
+                  "std); the same bits on every machine",
     "model.norm": "the normalisation layers: batchnorm, affine (scale and shift only, no "
                   "statistics), groupnorm (8 groups), layernorm (over H, W, C); the train "
                   "modes' gamma and beta are its affine parameters",
@@ -224,6 +229,8 @@ def validate(config) -> None:
                           f"{error}") from None
     _require(config.model.bn_init in BN_INITS, "model.bn_init", config.model.bn_init,
              f"accepted: {', '.join(BN_INITS)}")
+    _require(config.model.init in KERNEL_INITS, "model.init", config.model.init,
+             f"accepted: {', '.join(KERNEL_INITS)}")
     _require(config.model.dtype in DTYPES, "model.dtype", config.model.dtype,
              f"accepted: {', '.join(DTYPES)}")
     _require(config.model.norm in NORMS, "model.norm", config.model.norm,

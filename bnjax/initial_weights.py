@@ -14,14 +14,15 @@ weights (field `frozen_init`; files written before it existed used the legacy on
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from bnjax import partition, portable_random
-from bnjax.models.initializers import (BN_INITIALIZERS, Constant, KaimingNormal, TorchBias,
-                                      Uniform, fan_in, kaiming_normal)
+from bnjax.models.initializers import (BN_INITIALIZERS, KERNEL_INITIALIZERS, Constant,
+                                      KaimingNormal, KernelInit, TorchBias, Uniform, fan_in)
 
 CURRENT = portable_random.VERSION
 LEGACY = "jax-v1"
@@ -38,15 +39,17 @@ def variable_shapes(model, image_shape) -> dict:
         lambda key: model.init(key, _dummy_input(image_shape), train=False), jax.random.key(0))
 
 
-def initializer_of(path: str, param_shapes: dict, bn_init: str):
+def initializer_of(path: str, param_shapes: dict, bn_init: str,
+                   kernel_init: str = "kaiming_normal"):
     """The distribution of parameter `path` ('/'-joined) by its role: BatchNorm affine by
-    `bn_init`, kernels Kaiming normal, other biases PyTorch's default for their layer."""
+    `bn_init`, kernels by `kernel_init` (model.init), other biases PyTorch's default for their
+    layer."""
     role, name = partition.role_of(path), path.rsplit("/", 1)[-1]
     if role in ("gamma", "beta"):
         gamma, beta = BN_INITIALIZERS[bn_init]
         return gamma if role == "gamma" else beta
     if name == "kernel":
-        return kaiming_normal
+        return KERNEL_INITIALIZERS[kernel_init]
     if name == "bias":
         return TorchBias(fan_in(param_shapes[path[:-len("bias")] + "kernel"].shape))
     raise ValueError(f"no initializer rule for parameter '{path}' "
@@ -65,13 +68,45 @@ def draw(initializer, seed: int, path: str, shape) -> np.ndarray:
                                        initializer.high)
     if isinstance(initializer, Constant):
         return np.full(shape, initializer.value, np.float32)
+    if isinstance(initializer, KernelInit):
+        return _draw_kernel(initializer, seed, path, shape)
     raise TypeError(f"cannot draw {initializer!r} portably")
+
+
+def _draw_kernel(initializer: KernelInit, seed: int, path: str, shape) -> np.ndarray:
+    std = initializer.std(shape)
+    if initializer.name == "kaiming_uniform":
+        bound = math.sqrt(3.0) * std
+        return portable_random.uniform(seed, "params", path, shape, -bound, bound)
+    normal = portable_random.normal(seed, "params", path, shape, 1.0)
+    if initializer.name == "binary":
+        return np.where(normal >= 0, np.float32(std), np.float32(-std))
+    if initializer.name == "orthogonal":
+        matrix = normal.astype(np.float64).reshape(fan_in(shape), shape[-1])
+        tall = matrix.shape[0] >= matrix.shape[1]
+        columns = orthonormal_columns(matrix if tall else matrix.T)
+        return (columns if tall else columns.T).astype(np.float32).reshape(shape)
+    raise ValueError(f"unknown kernel initializer {initializer.name!r}")
+
+
+def orthonormal_columns(matrix: np.ndarray) -> np.ndarray:
+    """The columns of a tall float64 matrix made orthonormal by modified Gram-Schmidt, in
+    order (Q of its QR decomposition with a positive diagonal, as torch's orthogonal_ makes).
+    Only elementwise IEEE operations and math.fsum (exactly rounded sums): the same bits on
+    every machine, unlike a LAPACK QR."""
+    q = np.array(matrix, np.float64)
+    for j in range(q.shape[1]):
+        column = q[:, j]
+        for i in range(j):
+            column = column - math.fsum(q[:, i] * column) * q[:, i]
+        q[:, j] = column / math.sqrt(math.fsum(column * column))
+    return q
 
 
 _INITIAL_STATISTICS = {"mean": 0.0, "var": 1.0}  # BatchNorm running averages before any batch
 
 
-def _seeded_variables(model, seed: int, image_shape) -> dict:
+def _seeded_variables(model, seed: int, image_shape, kernel_init: str) -> dict:
     shapes = partition.flatten(variable_shapes(model, image_shape))
     param_shapes = {path[len("params/"):]: leaf for path, leaf in shapes.items()
                     if path.startswith("params/")}
@@ -81,8 +116,8 @@ def _seeded_variables(model, seed: int, image_shape) -> dict:
         if leaf.dtype != jnp.float32:
             raise TypeError(f"{path} is {leaf.dtype}; bnjax keeps variables in float32")
         if collection == "params":
-            flat[path] = draw(initializer_of(rest, param_shapes, model.bn_init), seed, rest,
-                              leaf.shape)
+            flat[path] = draw(initializer_of(rest, param_shapes, model.bn_init, kernel_init),
+                              seed, rest, leaf.shape)
         elif collection == "batch_stats":
             flat[path] = np.full(leaf.shape, _INITIAL_STATISTICS[rest.rsplit("/", 1)[-1]],
                                  np.float32)
@@ -107,11 +142,16 @@ def _legacy_key(seed: int, stream: int) -> jax.Array:
     return jax.random.fold_in(jax.random.key(seed), stream)
 
 
-def initial_variables(model, seed: int, image_shape, generator: str = CURRENT) -> dict:
-    """Every initial weight and BN statistic of `model`, from the seed alone, on this host."""
+def initial_variables(model, seed: int, image_shape, generator: str = CURRENT,
+                      kernel_init: str = "kaiming_normal") -> dict:
+    """Every initial weight and BN statistic of `model`, from the seed alone, on this host;
+    kernels drawn as `kernel_init` (model.init) says."""
     with _on_this_hosts_cpu():
         if generator == CURRENT:
-            return jax.device_put(_seeded_variables(model, seed, image_shape))
+            return jax.device_put(_seeded_variables(model, seed, image_shape, kernel_init))
+        if kernel_init != "kaiming_normal":
+            raise ValueError(f"model.init = {kernel_init!r} is drawn only by the portable "
+                             f"generator ({CURRENT}), not by {generator}")
         if generator == LEGACY:
             return _compiled_legacy_initial_variables(model, tuple(image_shape),
                                                       _legacy_key(seed, 0))

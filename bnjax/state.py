@@ -162,7 +162,8 @@ def initialize(config, num_classes: int, image_shape, steps_per_epoch: int,
                frozen_init: str = initial_weights.CURRENT):
     """(setup, initial TrainState) for `config`, all from config.seed."""
     model = build_model(config.model, num_classes)
-    variables = initial_weights.initial_variables(model, config.seed, image_shape, frozen_init)
+    variables = initial_weights.initial_variables(model, config.seed, image_shape, frozen_init,
+                                                  config.model.init)
     params = variables["params"]
     mode = config.train.mode
     param_labels = partition.param_labels(params, mode)

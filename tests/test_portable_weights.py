@@ -14,6 +14,7 @@ from bnjax import export, initial_weights, partition, portable_random, trained
 from bnjax.config import base_config
 from bnjax.errors import CheckpointError
 from bnjax.models import build_model
+from bnjax.models.initializers import KERNEL_INITIALIZERS
 from bnjax.state import weights_checksum
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -22,6 +23,10 @@ LEGACY_EXPORT = os.path.join(REPO, "tests", "fixtures", "export_v1_cifar_resnet_
 # The generator's output, pinned: a change here breaks every export ever written.
 SEEDED_CHECKSUMS = {  # bnjax.state.weights_checksum of the params of seed 0
     "cifar_resnet_20": "ae680a89387adddc",
+}
+KERNEL_INIT_CHECKSUMS = {  # the same, of cifar_resnet_20 with each other model.init
+    "kaiming_uniform": "f545fa6ca3527f7d", "orthogonal": "920ec4327d1d63f8",
+    "binary": "735b1e4d6b5d5aa4",
 }
 
 
@@ -88,6 +93,7 @@ import json, sys
 from bnjax import initial_weights, partition
 from bnjax.config import base_config
 from bnjax.models import build_model
+from bnjax.models.initializers import KERNEL_INITIALIZERS
 from bnjax.state import weights_checksum
 out = {}
 for name, shape in (("cifar_resnet_20", (32, 32, 3)), ("imagenet_resnet_18", (224, 224, 3))):
@@ -97,6 +103,11 @@ for name, shape in (("cifar_resnet_20", (32, 32, 3)), ("imagenet_resnet_18", (22
     trainable, _ = partition.split(params, partition.param_labels(params, "random_k"))
     masks = initial_weights.random_k_masks(trainable, 2, 0)
     out[name] = weights_checksum({"params": params, "masks": masks})
+for init in ("kaiming_uniform", "orthogonal", "binary"):
+    config = base_config().model
+    params = initial_weights.initial_variables(build_model(config, 10), 0, (32, 32, 3),
+                                               kernel_init=init)["params"]
+    out[init] = weights_checksum(params)
 print(json.dumps(out))
 """
 
@@ -124,6 +135,31 @@ def test_frozen_weights_and_masks_are_the_same_bits_under_every_instruction_set(
     assert len({json.dumps(c, sort_keys=True) for c in checksums.values()}) == 1, checksums
     params = initial_weights.initial_variables(_model("cifar_resnet_20"), 0, (32, 32, 3))
     assert weights_checksum(params["params"]).startswith(SEEDED_CHECKSUMS["cifar_resnet_20"])
+    for init in KERNEL_INIT_CHECKSUMS:
+        assert checksums["default"][init].startswith(KERNEL_INIT_CHECKSUMS[init]), init
+
+
+def test_kernel_initializers_draw_open_lths_distributions():
+    def kernel(init, shape):
+        return initial_weights.draw(KERNEL_INITIALIZERS[init], 0, "layer/kernel", shape)
+
+    conv, wide = (3, 3, 64, 32), (16, 100)  # a fan_in 576 x 32 matrix; a 16 x 100 one
+    std = math.sqrt(2 / 576)
+    uniform = kernel("kaiming_uniform", conv)
+    assert np.abs(uniform).max() <= math.sqrt(3) * std and uniform.std() == pytest.approx(
+        std, rel=0.03)
+    binary = kernel("binary", conv)
+    assert set(np.unique(binary)) == {np.float32(-std), np.float32(std)}
+    assert abs(np.mean(binary > 0) - 0.5) < 0.03
+    columns = kernel("orthogonal", conv).reshape(576, 32).astype(np.float64)
+    np.testing.assert_allclose(columns.T @ columns, np.eye(32), atol=1e-6)
+    rows = kernel("orthogonal", wide).astype(np.float64)
+    np.testing.assert_allclose(rows @ rows.T, np.eye(16), atol=1e-6)
+    # as torch.nn.init.orthogonal_: Q of the QR of the Gaussian draw, diag(R) > 0
+    gaussian = portable_random.normal(0, "params", "layer/kernel", conv, 1.0).reshape(576, 32)
+    q, r = np.linalg.qr(gaussian.astype(np.float64))
+    np.testing.assert_allclose(columns, q * np.sign(np.diag(r)), atol=1e-6)
+    assert len({kernel(init, conv).tobytes() for init in KERNEL_INITIALIZERS}) == 4
 
 
 def _like_the_machine_that_made(description: dict) -> bool:
@@ -242,3 +278,14 @@ def test_a_legacy_run_on_a_machine_without_fma_is_refused_clearly(tmp_path, imag
               "except CheckpointError as error:\n    print('REFUSED', error)\n")
     out = _run(script, {"XLA_FLAGS": "--xla_cpu_max_isa=SSE4_2"})
     assert "REFUSED" in out and "first generator (jax-v1)" in out
+
+
+def test_a_run_of_another_kernel_init_exports_and_evaluates_as_trained(tiny_config, tmp_path):
+    from bnjax.train import train_and_evaluate
+
+    tiny_config.model.init, tiny_config.train.epochs = "orthogonal", 1
+    metrics = train_and_evaluate(tiny_config, str(tmp_path / "run"))
+    path = str(tmp_path / "model.bnjax")
+    trained.export_workdir(str(tmp_path / "run"), path)
+    assert trained.from_export(path).config.model.init == "orthogonal"
+    assert trained.evaluate_export(path)["test_accuracy"] == metrics["test_accuracy"]

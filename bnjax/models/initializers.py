@@ -75,6 +75,26 @@ def jax_random_draw(distribution: Distribution, key, shape, dtype=jnp.float32):
 
 kaiming_normal = KaimingNormal()
 
+
+@dataclasses.dataclass(frozen=True)
+class KernelInit:
+    """A kernel distribution of open_lth's `model_init` choices; drawn only by the portable
+    generator (bnjax.initial_weights.draw)."""
+    name: str
+
+    def std(self, shape) -> float:
+        return kaiming_normal.std(shape)
+
+
+# model.init: open_lth's kernel initialisers. kaiming_normal N(0, 2/fan_in); kaiming_uniform
+# U(-b, b) of the same variance (b = sqrt(6/fan_in)); orthogonal: torch.nn.init.orthogonal_
+# (gain 1) of the kernel as a fan_in x out matrix; binary: +-sqrt(2/fan_in) by the sign of a
+# Kaiming-normal draw (open_lth scales by the draw's empirical std: here the exact one, so the
+# bits are the seed's alone).
+KERNEL_INITIALIZERS = {"kaiming_normal": kaiming_normal,
+                       **{name: KernelInit(name) for name in ("kaiming_uniform", "orthogonal",
+                                                               "binary")}}
+
 # open_lth's batchnorm_init names -> (gamma init, beta init).
 BN_INITIALIZERS = {
     "uniform": (Uniform(0.0, 1.0), Constant(0.0)),
