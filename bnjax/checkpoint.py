@@ -105,11 +105,16 @@ def _restore_bare_optimizer(manager, step: int, target_state):
         count=np.asarray(restored.step, wrapper.count.dtype), inner_state=restored.opt_state))
 
 
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
 def check_same_run(saved: dict, current: dict, where: str, branch: bool = False) -> list:
     """Refuse to continue a run whose config, PRNG settings or frozen weights differ.
 
-    branch=True accepts config changes (returned as [(field, saved, now)]) but never other
-    frozen weights.
+    branch=True accepts config and data changes (returned as [(field, saved, now)]) but never
+    other frozen weights.
     """
     differences = runinfo.differences_from_saved(saved["config"], current["config"])
     if differences and not branch:
@@ -119,6 +124,14 @@ def check_same_run(saved: dict, current: dict, where: str, branch: bool = False)
                               "new --workdir; or --branch to continue this run's checkpoint "
                               "with the new config; or --overwrite to set the old run aside "
                               "and start over.")
+    data = runinfo.data_differences(saved, current)
+    if data and not branch:
+        what, old, new = data[0]
+        raise CheckpointError(f"{where} was trained on other data: {what} were {_short(old)}, "
+                              f"now {_short(new)} (a renamed class shifts every label). Point "
+                              "data.source at the run's data; or --branch to continue on this "
+                              "data all the same; or use a new --workdir.")
+    differences = differences + data
     runinfo.check_same_prng(saved, current, where)
     runinfo.check_same_weights(saved, current, where)
     return differences

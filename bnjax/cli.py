@@ -85,6 +85,11 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-process: how
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-process: this process's number, "
                                    "0 .. num_processes - 1.")
 
+_LIBRARY_LOGS = flags.DEFINE_bool("library_logs", False, "Every command: also print the "
+                                  "libraries' INFO lines (Orbax's, one per file operation); "
+                                  "their warnings are always printed.")
+_EVERY_COMMAND = ("library_logs",)
+
 EXIT_USAGE = 2
 _CONFIG_FIELDS_NOTE = ("Every config field is a flag --config.FIELD=VALUE; "
                        "`bnjax config --config=FILE` lists them with their values and meanings.")
@@ -349,7 +354,7 @@ def _refuse_foreign(name: str, foreign: list[str]) -> None:
 
 def _foreign_flags(name: str) -> list[str]:
     """bnjax flags given on the command line that `name` does not take (after parsing)."""
-    owned = set(COMMANDS[name].flags)
+    owned = set(COMMANDS[name].flags) | set(_EVERY_COMMAND)
     bnjax_flags = {flag.name for flag in flags.FLAGS.get_flags_for_module(sys.modules[__name__])}
     given = [flag for flag in bnjax_flags | {"config"} if flags.FLAGS[flag].present]
     return sorted(f"--{flag}" for flag in given if flag not in owned)
@@ -361,17 +366,27 @@ def parse_flags(argv):
     except flags.Error as error:
         _fail(f"{error}\n(see `bnjax {argv[1] if len(argv) > 1 else ''} --help`)")
     except (AttributeError, KeyError) as error:  # config_flags: a --config.FIELD that isn't one
+        from bnjax.config import base_config, flat_fields
+
+        known = dict(flat_fields(base_config()))
         overrides = [a.split("=")[0] for a in argv if a.startswith("--config.")]
+        unknown = [o for o in overrides if o[len("--config."):] not in known] or overrides
         text = str(error)
         hint = text[text.index("Did you mean"):].rstrip("'\"") if "Did you mean" in text else ""
-        _fail(f"unknown config field in {' '.join(overrides)}. {hint}")
+        _fail(f"unknown config field {' '.join(unknown)}. {hint}")
+
+
+# bnjax's own source files; a path test on the folder name alone would also keep the libraries
+# of a virtualenv inside a checkout named bnjax
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
 class _OnlyOwnInfo(pylogging.Filter):
     """Keep INFO lines from bnjax; libraries (orbax, jax) log one per file operation."""
 
     def filter(self, record: pylogging.LogRecord) -> bool:
-        return record.levelno >= pylogging.WARNING or f"{os.sep}bnjax{os.sep}" in record.pathname
+        return (record.levelno >= pylogging.WARNING
+                or os.path.abspath(record.pathname).startswith(_PACKAGE))
 
 
 def quiet_library_logs() -> None:
@@ -383,7 +398,8 @@ def main(argv) -> None:
     name = argv[1]
     _refuse_foreign(name, _foreign_flags(name))
     logging.set_verbosity(logging.INFO)
-    quiet_library_logs()
+    if not _LIBRARY_LOGS.value:
+        quiet_library_logs()
     try:
         COMMANDS[name].run()
     except BnjaxError as error:

@@ -28,10 +28,11 @@ def collect(root: str, fields: tuple = ()) -> list[dict]:
             with open(path) as f:
                 metrics = json.load(f)
             with open(os.path.join(root, name, "run.json")) as f:
-                saved = saved_config(json.load(f)["config"])
-            configs.append(dict(config_lib.flat_fields(saved)))
+                run = json.load(f)
+            configs.append(dict(config_lib.flat_fields(saved_config(run["config"]))))
             rows.append({"run": name, **{c: metrics.get(c) for c in COLUMNS[1:]},
-                         "status": metrics.get("status", "finished")})
+                         "status": metrics.get("status", "finished"),
+                         "branched": branch_summary(run.get("branches", []))})
     candidates = sorted({f for config in configs for f in config} - set(_SHOWN_FIELDS))
     varied = [f for f in candidates  # values may be lists: compared by their JSON
               if len({json.dumps(config.get(f)) for config in configs}) > 1]
@@ -39,6 +40,12 @@ def collect(root: str, fields: tuple = ()) -> list[dict]:
     for row, config in zip(rows, configs):
         row.update({f: config.get(f) for f in shown})
     return rows
+
+
+def branch_summary(branches: list) -> str:
+    """'at step 10: train.lr 10 -> 0.01; ...': what --branch changed, and when."""
+    return "; ".join(f"at step {b['at_step']}: " + ", ".join(
+        f"{c['field']} {c['was']} -> {c['now']}" for c in b["changes"]) for b in branches)
 
 
 def run_metrics(name: str, runs: str, shipped: str) -> dict | None:

@@ -67,9 +67,11 @@ def prng_settings() -> dict:
 
 
 def describe(config, frozen_checksum: str, frozen_init: str, num_classes: int,
-             image_shape, class_names=None) -> dict:
+             image_shape, class_names=None, split_sizes: dict | None = None) -> dict:
     return {"seed": config.seed, "config": config.to_dict(), "num_classes": num_classes,
             "class_names": list(class_names) if class_names is not None else None,
+            # with the class names, what identifies the data a run trains on
+            **({"split_sizes": split_sizes} if split_sizes else {}),
             "image_shape": list(image_shape), "frozen_checksum": frozen_checksum,
             "frozen_init": frozen_init,
             "prng": prng_settings(),
@@ -118,6 +120,15 @@ def config_differences(saved: dict, current: dict) -> list[tuple]:
     old, new = _fields(saved), _fields(current)
     return [(field, old.get(field), new.get(field)) for field in sorted(set(old) | set(new))
             if _decides_results(field, old, new) and old.get(field) != new.get(field)]
+
+
+def data_differences(saved: dict, current: dict) -> list[tuple]:
+    """[(what, saved, now)] where the data of a saved run and of `current` differ: the class
+    names (their order is the labels) and the split sizes, where both record them."""
+    return [(what, saved[key], current[key]) for what, key in
+            (("the class names", "class_names"), ("the split sizes", "split_sizes"))
+            if saved.get(key) is not None and current.get(key) is not None
+            and saved[key] != current[key]]
 
 
 def frozen_init_of(description: dict) -> str:

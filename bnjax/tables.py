@@ -42,6 +42,10 @@ def results_table(rows: list[dict]) -> str:
     body = [[r["model"], r["mode"], *(str(r[f]) for f in varied), str(r["seed"]),
              str(r["epochs"]), f"{r['trainable_params']:,}", accuracy_cell(r)]
             for r in ordered]
+    if any(r.get("branched") for r in rows):  # --branch changed these runs' configs midway
+        header.append("branched (--branch)")
+        for line, r in zip(body, ordered):
+            line.append(r.get("branched") or "")
     return markdown(header, body)
 
 

@@ -44,7 +44,8 @@ class Run:
     def describe(self) -> dict:
         return runinfo.describe(self.config, self.setup.frozen_checksum, self.setup.frozen_init,
                                 self.train_data.num_classes, self.train_data.image_shape,
-                                self.train_data.class_names)
+                                self.train_data.class_names,
+                                {"train": len(self.train_data), "eval": len(self.eval_data)})
 
 
 def check_devices(config, device_count: int) -> None:
@@ -123,9 +124,12 @@ def _resume(workdir: str, manager, state, description: dict, branch: bool,
     A damaged newest checkpoint (a crash mid-write, a corrupt disk) falls back to the one before.
     """
     run_json = os.path.join(workdir, "run.json")
+    branches = []
     if os.path.exists(run_json):
         with open(run_json) as f:
-            checkpoint.check_same_run(json.load(f), description, workdir, branch)
+            saved_run = json.load(f)
+        checkpoint.check_same_run(saved_run, description, workdir, branch)
+        branches = saved_run.get("branches", [])
     steps = sorted((s for s in manager.all_steps() if at_most is None or s <= at_most),
                    reverse=True)
     for step in steps:
@@ -140,6 +144,11 @@ def _resume(workdir: str, manager, state, description: dict, branch: bool,
             continue
         for field, old, new in changed:
             logging.warning("branching from step %d: %s was %r, now %r", step, field, old, new)
+        if changed:  # run.json keeps each segment's changes and the step it took over
+            branches = branches + [{"at_step": step, "changes": [
+                {"field": field, "was": old, "now": new} for field, old, new in changed]}]
+        if branches:
+            description["branches"] = branches
         logging.info("%s: resuming from the checkpoint at step %d", workdir, step)
         return restored, saved
     if steps:
@@ -290,7 +299,7 @@ def _prepared(configs: list, workdirs: list, overwrite: bool, branch: bool, rece
     are lanes already ended."""
     if len(set(map(os.path.abspath, workdirs))) != len(workdirs):
         raise ConfigError(f"the runs of a group need a workdir each; got {workdirs}")
-    lanes = _build_lanes(configs, workdirs, overwrite)
+    lanes = _build_lanes(configs, workdirs, overwrite, branch)
     if all(lane.ended for lane in lanes):
         for lane in lanes:
             logging.info("%s holds a finished run of this config (%s); nothing to do. Use a "
@@ -323,8 +332,9 @@ def _outcome(metrics: dict) -> str:
     return f"test accuracy {metrics['test_accuracy']:.4f}"
 
 
-def _build_lanes(configs, workdirs, overwrite: bool) -> list[Lane]:
-    """A lane per config, sharing the data where it does not depend on the seed."""
+def _build_lanes(configs, workdirs, overwrite: bool, branch: bool = False) -> list[Lane]:
+    """A lane per config, sharing the data where it does not depend on the seed. A branch of
+    a finished run is refused: it would train nothing and relabel the result."""
     lanes, splits = [], None
     for config, workdir in zip(configs, workdirs):
         run, state = build_run(config, _frozen_init_to_continue(workdir, overwrite), splits)
@@ -334,6 +344,10 @@ def _build_lanes(configs, workdirs, overwrite: bool) -> list[Lane]:
         # again (a restore target, a lane that catches up)
         lane = Lane(run, workdir, jax.device_get(state), run.describe())
         lane.ended = None if overwrite else _finished_metrics(workdir, lane.description)
+        if branch and not overwrite and not lane.ended and _holds_finished_run(workdir):
+            raise CheckpointError(f"{workdir} holds a finished run: a branch of it would train "
+                                  "nothing and relabel its result. Branch from an earlier "
+                                  "step's copy, or train the new config in a new --workdir.")
         lanes.append(lane)
     return lanes
 
@@ -397,6 +411,14 @@ def _finished_metrics(workdir: str, description: dict) -> dict | None:
         metrics = json.load(f)
     same_config = not runinfo.differences_from_saved(saved["config"], description["config"])
     return metrics if same_config else None
+
+
+def _holds_finished_run(workdir: str) -> bool:
+    path = os.path.join(workdir, "metrics.json")
+    if not os.path.exists(path):
+        return False
+    with open(path) as f:
+        return json.load(f).get("status") == "finished"
 
 
 def _frozen_init_to_continue(workdir: str, overwrite: bool) -> str:
@@ -581,6 +603,9 @@ def _training(lanes: list[Lane], states: list, saved: list, stop_at_step, alone:
                     logging.info("epoch %d  test accuracy %s", due.epoch, " ".join(
                         f"{result['accuracy']:.4f}" for lane, result in zip(lanes, results)
                         if not lane.ended))
+            if stopping:  # the save below can take seconds: say why nothing else is printed
+                logging.info("%ssaving a checkpoint at step %d, then stopping",
+                             f"{name}: " if name else "", done)
             if due.save or stopping:
                 with clock.paused():
                     timing = {"wall_s": time.time() - started, **clock.carry()}

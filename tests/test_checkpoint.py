@@ -105,7 +105,8 @@ def cli_reference(image_folder, tmp_path_factory):
     """(workdir, metrics) of an uninterrupted CLI run."""
     workdir = str(tmp_path_factory.mktemp("cli_reference") / "run")
     process = _cli_train(workdir, image_folder, str(tmp_path_factory.mktemp("cache")))
-    assert process.wait(timeout=300) == 0, process.stderr.read()
+    _, stderr = process.communicate(timeout=300)  # reads the pipes: a full one would block it
+    assert process.returncode == 0, stderr
     with open(os.path.join(workdir, "metrics.json")) as f:
         return workdir, json.load(f)
 
@@ -138,7 +139,8 @@ def test_sigterm_saves_a_complete_checkpoint_and_resume_is_exact(image_folder, t
     assert _log(workdir)[-1]["step"] == stopped_at // 12 * 12  # no line for a partial window
 
     resumed = _cli_train(workdir, image_folder, cache)
-    assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
+    _, stderr = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, stderr
     _assert_records_equal(workdir, *cli_reference)
 
 

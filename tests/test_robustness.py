@@ -250,6 +250,19 @@ def test_branch_continues_with_a_changed_config_and_overwrite_sets_the_run_aside
         train.train_and_evaluate(lower, workdir)
     metrics = train.train_and_evaluate(lower, workdir, branch=True)
     assert [h["step"] for h in metrics["history"]] == [3, 6]
+    # run.json keeps what the branch changed and when; the table shows it
+    run = json.load(open(os.path.join(workdir, "run.json")))
+    assert run["config"]["train"]["lr"] == 0.01
+    assert run["branches"] == [{"at_step": 4, "changes": [
+        {"field": "train.lr", "was": 0.1, "now": 0.01}]}]
+    from bnjax import sweep
+
+    rows = sweep.aggregate(str(tmp_path))
+    assert rows[0]["branched"] == "at step 4: train.lr 0.1 -> 0.01"
+    assert "at step 4: train.lr 0.1 -> 0.01" in open(tmp_path / "results.md").read()
+    # a branch of a finished run would train nothing and relabel it
+    with pytest.raises(CheckpointError, match="holds a finished run: a branch"):
+        train.train_and_evaluate(config, workdir, branch=True)
     other = config.copy_and_resolve_references()
     other.train.mode = "all"
     fresh = train.train_and_evaluate(other, workdir, overwrite=True)
@@ -293,6 +306,79 @@ def test_full_disk_during_a_save_keeps_the_previous_checkpoint(config, tmp_path,
     assert manager.latest_step() == 2
     assert checkpoint.read_meta(manager, 2)["step"] == 2
     manager.close()
+
+
+def test_a_resume_on_other_data_is_refused_naming_what_changed(config, tmp_path, image_folder):
+    import shutil
+
+    data = str(tmp_path / "data")
+    shutil.copytree(image_folder, data)
+    config.data.source = data
+    workdir = str(tmp_path / "run")
+    with pytest.raises(train.Interrupted):
+        train.train_and_evaluate(config, workdir, stop_at_step=2)
+    for split in ("train", "test"):  # a renamed class: every label after it shifts
+        os.rename(os.path.join(data, split, "dog"), os.path.join(data, split, "wolf"))
+    with pytest.raises(CheckpointError, match=r"trained on other data: the class names were "
+                                              r"\['cat', 'dog', 'frog'\], now \['cat', 'frog', "
+                                              r"'wolf'\]"):
+        train.train_and_evaluate(config, workdir)
+    run = json.load(open(os.path.join(workdir, "run.json")))
+    assert run["class_names"] == ["cat", "dog", "frog"]  # nothing rewritten
+    for split in ("train", "test"):
+        os.rename(os.path.join(data, split, "wolf"), os.path.join(data, split, "dog"))
+    os.remove(os.path.join(data, "train", "cat", "0000.png"))  # fewer training images
+    with pytest.raises(CheckpointError, match="the split sizes were"):
+        train.train_and_evaluate(config, workdir)
+    metrics = train.train_and_evaluate(config, workdir, branch=True)  # accepted, and recorded
+    assert metrics["status"] == "finished"
+    changes = json.load(open(os.path.join(workdir, "run.json")))["branches"][0]["changes"]
+    assert changes[0]["field"] == "the split sizes"
+
+
+def test_a_failed_final_save_leaves_the_run_unfinished_and_a_rerun_finishes_it(
+        config, tmp_path, monkeypatch):
+    """The last asynchronous save fails (a disk that fills): no metrics.json says finished;
+    the same command later finishes the run, and its export evaluates to metrics.json's
+    accuracy, the uninterrupted run's."""
+    from bnjax import trained
+
+    reference = train.train_and_evaluate(config, str(tmp_path / "reference"))
+    workdir, total = str(tmp_path / "run"), reference["steps"]
+    save = checkpoint.save
+
+    def last_save_fails_later(manager, step, *args):
+        if step < total:
+            return save(manager, step, *args)
+
+        def disk_full():  # as orbax reports an async write's failure, once
+            del manager.wait_until_finished
+            raise OSError(errno.ENOSPC, "No space left on device")
+        manager.wait_until_finished = disk_full
+
+    monkeypatch.setattr(checkpoint, "save", last_save_fails_later)
+    with pytest.raises(TrainingError, match="writing the last checkpoint failed.*No space"):
+        train.train_and_evaluate(config, workdir)
+    assert not os.path.exists(os.path.join(workdir, "metrics.json"))
+    monkeypatch.undo()
+
+    written = []  # metrics.json is written only once the final checkpoint is complete
+    write_json = train.write_json
+
+    def recording(path, payload):
+        if path.endswith("metrics.json"):
+            manager = checkpoint.open_manager(workdir)
+            written.append(manager.latest_step())
+            manager.close()
+        write_json(path, payload)
+
+    monkeypatch.setattr(train, "write_json", recording)
+    finished = train.train_and_evaluate(config, workdir)
+    assert written == [total]
+    assert finished["history"] == reference["history"]
+    path = str(tmp_path / "model.bnjax")
+    trained.export_workdir(workdir, path)
+    assert trained.evaluate_export(path)["test_accuracy"] == reference["test_accuracy"]
 
 
 # Orbax's failed restore leaves tensorstore callbacks aimed at the asyncio loop it has already
