@@ -29,11 +29,15 @@ def _parse_value(field: str, text: str, current):
         if isinstance(current, (int, float)):
             return type(current)(text)
         if isinstance(current, tuple):
+            if text.count("(") != text.count(")") or text.count("(") > 1:
+                raise ValueError(text)
             return tuple(_number(v) for v in text.strip("()").split("/") if v)
         return text
     except ValueError:
+        hint = (" (write a tuple's elements with '/': lr_milestones=2/3, several tuples "
+                "separated by ',')" if isinstance(current, tuple) else "")
         raise ConfigError(f"sweep grid: {field}={text!r} is not a valid "
-                          f"{type(current).__name__}") from None
+                          f"{type(current).__name__}{hint}") from None
 
 
 def parse_grid(spec: str, config) -> list[tuple[str, list]]:
@@ -47,6 +51,9 @@ def parse_grid(spec: str, config) -> list[tuple[str, list]]:
             raise ConfigError(f"sweep grid: '{part}' is not FIELD=V1,V2,...")
         if field not in known:
             raise ConfigError(f"sweep grid: '{field}' is not a config field (see bnjax summary)")
+        if field in (f for f, _ in grid):
+            raise ConfigError(f"sweep grid: '{field}' is given twice; list all its values "
+                              f"once, e.g. {field}=V1,V2")
         grid.append((field, [_parse_value(field, v.strip(), known[field])
                              for v in values.split(",")]))
     if not grid:

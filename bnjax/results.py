@@ -6,6 +6,7 @@ import json
 import os
 
 from bnjax import config as config_lib
+from bnjax.errors import ConfigError
 
 COLUMNS = ("run", "model", "mode", "seed", "epochs", "trainable_params", "total_params",
            "status", "diverged_at_step", "test_accuracy", "test_loss", "train_accuracy",
@@ -21,14 +22,14 @@ def collect(root: str, fields: tuple = ()) -> list[dict]:
     there)."""
     from bnjax.runinfo import saved_config
 
+    if not os.path.isdir(root):
+        raise ConfigError(f"--workdir={root} is not a folder; give the sweep's root folder")
     rows, configs = [], []
     for name in sorted(os.listdir(root)):
         path = os.path.join(root, name, "metrics.json")
         if os.path.exists(path):
-            with open(path) as f:
-                metrics = json.load(f)
-            with open(os.path.join(root, name, "run.json")) as f:
-                run = json.load(f)
+            metrics = _read_json(path)
+            run = _read_json(os.path.join(root, name, "run.json"))
             configs.append(dict(config_lib.flat_fields(saved_config(run["config"]))))
             rows.append({"run": name, **{c: metrics.get(c) for c in COLUMNS[1:]},
                          "status": metrics.get("status", "finished"),
@@ -40,6 +41,15 @@ def collect(root: str, fields: tuple = ()) -> list[dict]:
     for row, config in zip(rows, configs):
         row.update({f: config.get(f) for f in shown})
     return rows
+
+
+def _read_json(path: str) -> dict:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError) as error:
+        raise ConfigError(f"{path} cannot be read ({error}); a run stopped while writing it? "
+                          "Train that run again to rewrite it, or move its folder away") from None
 
 
 def branch_summary(branches: list) -> str:

@@ -211,8 +211,9 @@ def _with_training_labels(data, description: dict, source: str, path: str):
 def materialize(export_path: str, out_dir: str, task: str | None = None) -> str:
     """Write every weight (params and batch_stats) as an Orbax checkpoint plus model.json."""
     trained = from_export(export_path, task)
-    if os.path.exists(out_dir) and os.listdir(out_dir):
-        raise CheckpointError(f"--out={out_dir} exists and is not empty; choose a new folder")
+    if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
+        raise CheckpointError(f"--out={out_dir} exists and is not an empty folder; choose a new "
+                              "folder")
     variables = trained.variables()
     os.makedirs(out_dir, exist_ok=True)
     with ocp.StandardCheckpointer() as checkpointer:

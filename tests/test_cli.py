@@ -158,3 +158,42 @@ def test_importing_bnjax_leaves_the_environment_alone():
                             text=True, env={k: v for k, v in os.environ.items()
                                             if k != "XLA_FLAGS"}, timeout=120)
     assert result.stdout.strip() == "None", result.stderr
+
+
+def test_mistakes_in_files_and_grids_get_one_line_and_leave_nothing(tiny_config, tmp_path):
+    from bnjax import trained
+    from bnjax.train import train_and_evaluate
+
+    tiny_config.train.epochs = 1
+    workdir = str(tmp_path / "run")
+    train_and_evaluate(tiny_config, workdir)
+    export = str(tmp_path / "m.bnjax")
+    trained.export_workdir(workdir, export)
+    (tmp_path / "a_folder").mkdir()
+    (tmp_path / "a_file").write_text("")
+    broken = tmp_path / "sweep" / "point"
+    broken.mkdir(parents=True)
+    (broken / "run.json").write_text(open(os.path.join(workdir, "run.json")).read())
+    (broken / "metrics.json").write_text('{"status": "fin')  # cut short
+    smoke = os.path.join(REPO, "configs", "smoke.py")
+    cases = [
+        (("export", f"--workdir={workdir}", f"--out={tmp_path / 'a_folder'}"), "is a folder"),
+        (("export", f"--workdir={workdir}", f"--out={tmp_path / 'no' / 'x.bnjax'}"),
+         "does not exist"),
+        (("materialize", f"--export={export}", f"--out={tmp_path / 'a_file'}"),
+         "is not an empty folder"),
+        (("aggregate", f"--workdir={tmp_path / 'nowhere'}"), "is not a folder"),
+        (("aggregate", f"--workdir={tmp_path / 'sweep'}"), "metrics.json cannot be read"),
+        (("sweep", f"--config={smoke}", f"--workdir={tmp_path / 's'}", "--launcher=print",
+          "--grid=train.lr=0.1;train.lr=0.2"), "'train.lr' is given twice"),
+        (("sweep", f"--config={smoke}", f"--workdir={tmp_path / 's'}", "--launcher=print",
+          "--grid=train.lr_milestones=(1,2"), "is not a valid tuple"),
+    ]
+    before = sorted(os.listdir(tmp_path))
+    for args, message in cases:
+        result = bnjax(*args)
+        assert result.returncode == 2, (args, result.stderr[-2000:])
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0], (args, result.stderr[-2000:])
+    assert sorted(os.listdir(tmp_path)) == before
+    assert os.listdir(tmp_path / "a_folder") == []
