@@ -78,9 +78,11 @@ def restore_state(manager, step: int, target_state, saved_format: str = FORMAT):
         return manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(target_state)))["state"]
     except Exception as error:  # a changed model or mode, or damaged array files
-        raise DamagedCheckpointError(f"checkpoint step {step} in {manager.directory} cannot be "
-                                     "restored for this model and mode "
-                                     f"({str(error).splitlines()[0][:200]})") from None
+        first_line = str(error).splitlines()[0][:200]
+        why = ("cannot be restored for this model and mode" if "do not match" in first_line
+               else "is damaged or incomplete")
+        raise DamagedCheckpointError(f"checkpoint step {step} in {manager.directory} {why} "
+                                     f"({first_line})") from None
 
 
 def _restore_bare_optimizer(manager, step: int, target_state):

@@ -17,6 +17,7 @@ import logging as pylogging
 import os
 import sys
 import textwrap
+import threading
 from collections.abc import Callable
 
 from absl import app, flags, logging
@@ -389,6 +390,28 @@ class _OnlyOwnInfo(pylogging.Filter):
                 or os.path.abspath(record.pathname).startswith(_PACKAGE))
 
 
+def _drop_closed_loop_reports() -> None:
+    """A restore that fails on a damaged checkpoint leaves tensorstore callbacks aimed at the
+    asyncio loop Orbax has closed; each reports 'Event loop is closed' through sys.excepthook
+    (dozens of tracebacks, about nothing: bnjax has already fallen back or said what is
+    wrong), or through threading.excepthook from a thread. Every other report is printed as
+    usual."""
+    report, thread_report = sys.excepthook, threading.excepthook
+
+    def closed_loop(value) -> bool:
+        return isinstance(value, RuntimeError) and str(value) == "Event loop is closed"
+
+    def excepthook(kind, value, traceback):
+        if not closed_loop(value):
+            report(kind, value, traceback)
+
+    def thread_excepthook(arguments):
+        if not closed_loop(arguments.exc_value):
+            thread_report(arguments)
+
+    sys.excepthook, threading.excepthook = excepthook, thread_excepthook
+
+
 def quiet_library_logs() -> None:
     logging.get_absl_handler().addFilter(_OnlyOwnInfo())
     pylogging.getLogger("jax._src.xla_bridge").setLevel(pylogging.ERROR)  # "no TPU found"
@@ -400,6 +423,7 @@ def main(argv) -> None:
     logging.set_verbosity(logging.INFO)
     if not _LIBRARY_LOGS.value:
         quiet_library_logs()
+        _drop_closed_loop_reports()
     try:
         COMMANDS[name].run()
     except BnjaxError as error:

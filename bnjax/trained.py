@@ -7,6 +7,7 @@ import json
 import os
 
 import jax
+from absl import logging
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
@@ -16,7 +17,7 @@ from bnjax import tasks as tasks_lib
 from bnjax import config as config_lib
 from bnjax.config import looks_like_path
 from bnjax import data as data_lib
-from bnjax.errors import CheckpointError, DataError
+from bnjax.errors import CheckpointError, DamagedCheckpointError, DataError
 from bnjax.files import write_json
 from bnjax.models import parse_name
 from bnjax.state import ModelSetup, TrainState, initialize
@@ -51,27 +52,48 @@ def _rebuild(description: dict, where: str) -> tuple[ml_collections.ConfigDict, 
 
 
 def from_workdir(workdir: str, step: int | None = None) -> TrainedModel:
-    """The latest (or the given) checkpoint step of a workdir."""
+    """The given checkpoint step of a workdir, or its newest readable one: a damaged newest
+    checkpoint falls back to the one before (as training does), and a checkpoint that a run
+    training meanwhile rotated away gives way to the newer one."""
     if not os.path.isdir(checkpoint.checkpoint_dir(workdir)):
         raise CheckpointError(f"{workdir} has no checkpoints/ folder; train with "
                               f"`bnjax train --workdir={workdir}` first")
     manager = checkpoint.open_manager(workdir)
     try:
-        latest = manager.latest_step()
-        step = latest if step is None else step
-        if step is None or step not in manager.all_steps():
-            raise CheckpointError(f"{workdir} has no checkpoint at step {step}; it has "
-                                  f"{sorted(manager.all_steps())}")
-        meta = checkpoint.read_meta(manager, step)
-        config, setup, target = _rebuild(meta, f"{workdir} (checkpoint step {step})")
-        state = checkpoint.restore_state(manager, step, target, meta["format"])
+        if step is not None:
+            if step not in manager.all_steps():
+                raise CheckpointError(f"{workdir} has no checkpoint at step {step}; it has "
+                                      f"{sorted(manager.all_steps())}")
+            return _from_step(manager, workdir, step)
+        tried = set()
+        while True:
+            manager.reload()
+            steps = [s for s in sorted(manager.all_steps(), reverse=True) if s not in tried]
+            if not steps:
+                raise CheckpointError(f"{workdir} has no readable checkpoint"
+                                      + (f" (tried steps {sorted(tried)})" if tried else ""))
+            try:
+                return _from_step(manager, workdir, steps[0])
+            except DamagedCheckpointError as error:
+                if os.path.isdir(os.path.join(checkpoint.checkpoint_dir(workdir),
+                                              str(steps[0]))):
+                    logging.warning("%s; trying the checkpoint before it", error)
+                tried.add(steps[0])  # damaged, or rotated away by a running training
     finally:
         manager.close()
+
+
+def _from_step(manager, workdir: str, step: int) -> TrainedModel:
+    meta = checkpoint.read_meta(manager, step)
+    config, setup, target = _rebuild(meta, f"{workdir} (checkpoint step {step})")
+    state = checkpoint.restore_state(manager, step, target, meta["format"])
     metrics_path = os.path.join(workdir, "metrics.json")
-    metrics = None  # the final metrics describe the latest step only
-    if os.path.exists(metrics_path) and step == latest:
+    metrics = None  # the final metrics describe the final step only
+    if os.path.exists(metrics_path):
         with open(metrics_path) as f:
             metrics = {k: v for k, v in json.load(f).items() if k != "history"}
+        if metrics.get("steps") != step:
+            metrics = None
     description = {k: v for k, v in meta.items()
                    if k not in ("format", "history", "open_window", "timing")}
     return TrainedModel(config, setup, state, {**description, "step": step, "metrics": metrics})
