@@ -133,7 +133,8 @@ FIELD_HELP = {
     "train.steps_per_call": "train steps per compiled call (a lax.scan); >1 saves dispatch "
                             "for short steps; a scan rounds differently from single steps, "
                             "and log and save steps then end calls early: with >1, "
-                            "log.every_steps and checkpoint.every_* decide the rounding too",
+                            "log.every_steps and checkpoint.every_* decide the rounding too; "
+                            "the CPU unrolls at most 10 steps (compile time grows with each)",
     "eval.batch_size": "evaluation batch",
     "eval.every_epochs": "evaluate every this many epochs (and after the last)",
     "log.every_steps": "a train_log.jsonl line, TensorBoard scalars and a progress line every "

@@ -97,7 +97,9 @@ def relative_l2(grads: dict, exact: dict) -> dict:
 
 def measure(variables: dict, images: np.ndarray, targets: np.ndarray, grad_fn) -> dict:
     x32 = reference_inputs.normalized(images).astype(np.float32)  # the inputs both get
-    nchw = x32.transpose(0, 3, 1, 2)
+    # contiguous NCHW, as open_lth's loaders give: torch.tensor keeps a transposed view's
+    # channels_last strides, and PyTorch's CPU path for those rounds about 4x worse
+    nchw = np.ascontiguousarray(x32.transpose(0, 3, 1, 2))
     _, exact = ref.gradients(variables, nchw.astype(np.float64), targets, torch.float64)
     _, torch32 = ref.gradients(variables, nchw, targets, torch.float32)
     tree = partition.unflatten({path: np.asarray(v) for path, v in variables.items()})
