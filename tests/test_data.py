@@ -102,7 +102,11 @@ def _data_config(source):
     return config
 
 
-def test_tfds_source_offline_with_mock_data():
+def test_tfds_source_offline_with_mock_data(monkeypatch):
+    from bnjax.data import tfds_source
+
+    # mock_data stands in for the download, which bnjax only tries with the network up
+    monkeypatch.setattr(tfds_source, "network_reachable", lambda timeout_s=3.0: True)
     with tfds.testing.mock_data(num_examples=12):
         train, test = load_splits(_data_config("cifar10"))
     assert train.images.shape == (12, 32, 32, 3) and train.images.dtype == np.uint8
@@ -225,3 +229,19 @@ def test_the_eval_split_alone_is_the_eval_split_of_both_and_reads_no_training_im
     np.testing.assert_array_equal(alone.images, both.images)
     np.testing.assert_array_equal(alone.labels, both.labels)
     assert alone.class_names == both.class_names
+
+
+def test_an_unprepared_tfds_dataset_without_network_fails_at_once(tmp_path, monkeypatch):
+    import time
+
+    from bnjax.data import tfds_source
+
+    monkeypatch.setattr(tfds_source, "network_reachable", lambda timeout_s=3.0: False)
+    config = _data_config("cifar10")
+    config.tfds_data_dir = str(tmp_path)  # download left on: tfds would retry for minutes
+    started = time.time()
+    with pytest.raises(DataError, match="not prepared 'cifar10'.*network is unreachable.*"
+                                        "point data.source at an image folder"):
+        load_splits(config)
+    assert time.time() - started < 30
+    assert "downloads" not in os.listdir(tmp_path)

@@ -25,6 +25,10 @@ def _data_sources(name: str, splits, data_dir: str, download: bool, manual_dir: 
     except tfds.core.registered.DatasetNotFoundError:
         raise DataError(f"data.source = {name!r} is neither an existing path nor a "
                         "tensorflow-datasets name (e.g. cifar10, cifar100)") from None
+    if download and not builder.is_prepared() and not manual_dir and not network_reachable():
+        raise DataError(f"tensorflow-datasets has not prepared {name!r} in "
+                        f"{builder.data_dir!r}, and the network is unreachable, so it cannot "
+                        f"download it. {_prepare_hint(name)}")
     try:
         if download and not builder.is_prepared():
             builder.download_and_prepare(file_format="array_record", download_config=(
@@ -35,6 +39,18 @@ def _data_sources(name: str, splits, data_dir: str, download: bool, manual_dir: 
                         f"{builder.data_dir!r}: {str(error).splitlines()[0]}. {_prepare_hint(name)}"
                         ) from None
     return sources, tuple(builder.info.features["label"].names)
+
+
+def network_reachable(timeout_s: float = 3.0) -> bool:
+    """Whether tensorflow-datasets' storage answers: without it, a download would retry for
+    minutes before failing (and leave a downloads/ folder behind)."""
+    import socket
+
+    try:
+        socket.create_connection(("storage.googleapis.com", 443), timeout=timeout_s).close()
+        return True
+    except OSError:
+        return False
 
 
 def _prepare_hint(name: str) -> str:
