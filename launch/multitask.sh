@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# The single-task runs behind docs/MULTITASK.md: ResNet-20, seed 0, 15 epochs with lr /10 at 50%
+# and 75%, on the tasks cifar10, fashion-mnist and mnist-5k (the shared archives), by method:
+#   bn_output  BatchNorm and output layer from the random seed (the shipped bundle's tasks)
+#   output     the output layer alone: a linear probe of random features (statistics adapt)
+#   none       nothing but the running statistics (AdaBN)
+#   all        every weight
+#   init_D     bn_output with model.init=D (kaiming_uniform, orthogonal, binary)
+# Every run resumes from its last checkpoint when this script is started again; a finished run is
+# left as it is and exported to $RUNS/<method>/<task>.bnjax. The last step bundles the bn_output
+# exports of one seed into $RUNS/bn_output.bnjax (bnjax bundle).
+#
+#   RUNS=~/bnjax-runs/multitask DATA=../shared/data bash launch/multitask.sh [METHOD/TASK ...]
+#   bash launch/multitask.sh --list
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS=${RUNS:-$HOME/bnjax-runs/multitask}
+DATA=${DATA:-../shared/data}
+declare -A SOURCE=([cifar10]=cifar10-jpeg.tar.gz [fashion-mnist]=fashion-mnist-png.tar.gz
+                   [mnist-5k]=mnist-5k-png.tar.gz)
+COMMON=(--config=configs/cifar10.py:cifar_resnet_20 --config.seed=0 --config.train.epochs=15
+        "--config.train.lr_milestones=(7.5,11.25)")
+declare -A METHOD=([bn_output]="--config.train.mode=bn_output" [output]="--config.train.mode=output"
+                   [none]="--config.train.mode=none" [all]="--config.train.mode=all")
+for init in kaiming_uniform orthogonal binary; do
+  METHOD[init_$init]="--config.train.mode=bn_output --config.model.init=$init"
+done
+ORDER=()
+for method in bn_output all output none; do
+  for task in mnist-5k fashion-mnist cifar10; do ORDER+=("$method/$task"); done
+done
+for init in orthogonal binary kaiming_uniform; do
+  for task in fashion-mnist cifar10; do ORDER+=("init_$init/$task"); done
+done
+
+if [[ "${1:-}" == "--list" ]]; then
+  for name in "${ORDER[@]}"; do
+    echo "$name: ${METHOD[${name%/*}]} --config.data.source=$DATA/${SOURCE[${name#*/}]} ${COMMON[*]}"
+  done
+  exit 0
+fi
+names=("$@")
+[[ ${#names[@]} -gt 0 ]] || names=("${ORDER[@]}")
+for name in "${names[@]}"; do
+  [[ -n "${METHOD[${name%/*}]:-}" && -n "${SOURCE[${name#*/}]:-}" ]] || {
+    echo "unknown run '$name'; see --list" >&2; exit 2; }
+done
+
+for name in "${names[@]}"; do
+  method=${name%/*} task=${name#*/}
+  echo "== $name ($(date -u +%FT%TZ))"
+  mkdir -p "$RUNS/$method"
+  # shellcheck disable=SC2086  # METHOD entries are word lists
+  bnjax train "${COMMON[@]}" ${METHOD[$method]} --config.data.source="$DATA/${SOURCE[$task]}" \
+    --workdir="$RUNS/$name"
+  bnjax export --workdir="$RUNS/$name" --out="$RUNS/$name.bnjax"
+done
+tasks=(cifar10 fashion-mnist mnist-5k)
+exports=$(printf "$RUNS/bn_output/%s.bnjax," "${tasks[@]}")
+if ls ${exports//,/ } >/dev/null 2>&1; then
+  bnjax bundle --exports="${exports%,}" --names="$(IFS=,; echo "${tasks[*]}")" \
+    --out="$RUNS/bn_output.bnjax"
+fi
