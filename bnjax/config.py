@@ -208,7 +208,7 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)  # True is an int to Python
 
 
-def _is_number(value) -> bool:
+def is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
@@ -245,16 +245,16 @@ def validate(config) -> None:
              train.epochs, "an integer from 1 to 100000")
     _require(_is_int(train.batch_size) and 1 <= train.batch_size <= 1 << 20,
              "train.batch_size", train.batch_size, "a positive integer")
-    _require(_is_number(train.lr) and 0 < train.lr <= 100, "train.lr", train.lr,
+    _require(is_number(train.lr) and 0 < train.lr <= 100, "train.lr", train.lr,
              "a number in (0, 100]")
-    _require(_is_number(train.momentum) and 0 <= train.momentum < 1, "train.momentum",
+    _require(is_number(train.momentum) and 0 <= train.momentum < 1, "train.momentum",
              train.momentum, "a number in [0, 1)")
-    _require(_is_number(train.weight_decay) and 0 <= train.weight_decay < 1,
+    _require(is_number(train.weight_decay) and 0 <= train.weight_decay < 1,
              "train.weight_decay", train.weight_decay, "a number in [0, 1)")
-    _require(_is_number(train.lr_drop) and 0 < train.lr_drop <= 1, "train.lr_drop",
+    _require(is_number(train.lr_drop) and 0 < train.lr_drop <= 1, "train.lr_drop",
              train.lr_drop, "a number in (0, 1]")
     milestones = tuple(train.lr_milestones)
-    _require(all(_is_number(m) and m > 0 for m in milestones)
+    _require(all(is_number(m) and m > 0 for m in milestones)
              and list(milestones) == sorted(set(milestones)), "train.lr_milestones",
              train.lr_milestones, "increasing positive epochs, e.g. (80, 120) or (2.5, 3.75)")
     _require(_is_int(train.warmup_epochs) and 0 <= train.warmup_epochs < train.epochs,
@@ -272,7 +272,7 @@ def validate(config) -> None:
              f"{train.optimizer!r})")
     for role in ("gamma", "beta"):
         field, scale = f"train.{role}_lr_scale", train[f"{role}_lr_scale"]
-        _require(_is_number(scale) and 0 < scale <= 1e4, field, scale, "a number in (0, 1e4]")
+        _require(is_number(scale) and 0 < scale <= 1e4, field, scale, "a number in (0, 1e4]")
         _require(scale == 1 or role in MODE_ROLES[train.mode], field, scale,
                  f"train.mode = {train.mode!r} trains no {role}; leave it at 1 or choose a "
                  f"mode that trains {role} (bn, {role}, all, ...)")

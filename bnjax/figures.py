@@ -4,11 +4,13 @@ histograms and ablation curves of `bnjax analyze`, and deeper against wider netw
 drawing function draws one PNG."""
 from __future__ import annotations
 
+from statistics import mean
+
 import contextlib
 
 import numpy as np
 
-from bnjax.results import finished, mean, numeric_fields, value_order, varied_fields
+from bnjax.results import finished, numeric_fields, value_order, varied_fields
 
 # Fields whose values are spread over orders of magnitude: drawn on a log axis.
 LOG_SCALE_FIELDS = ("train.lr", "train.weight_decay", "train.gamma_lr_scale",

@@ -6,11 +6,12 @@ import json
 import os
 
 from bnjax import config as config_lib
+from bnjax.config import is_number
 from bnjax.errors import ConfigError
 
 COLUMNS = ("run", "model", "mode", "seed", "epochs", "trainable_params", "total_params",
            "status", "diverged_at_step", "test_accuracy", "test_loss", "train_accuracy",
-           "wall_time_s")
+           "wall_time_s", "branched")
 # config fields that COLUMNS already show
 _SHOWN_FIELDS = ("model.name", "train.mode", "seed", "train.epochs")
 
@@ -87,10 +88,6 @@ def varied_fields(rows: list[dict]) -> list[str]:
     return [key for key in rows[0] if key not in COLUMNS] if rows else []
 
 
-def is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def numeric_fields(rows: list[dict]) -> list[str]:
     """The varied fields whose values are all numbers and not all equal."""
     return [f for f in varied_fields(rows)
@@ -115,10 +112,6 @@ def value_order(value) -> tuple:
     if is_number(value):
         return 0, value, ""
     return 1, 0, json.dumps(value)
-
-
-def mean(values: list[float]) -> float:
-    return sum(values) / len(values)
 
 
 def by_mode(rows: list[dict]) -> tuple[list[str], list[str], dict]:

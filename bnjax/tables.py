@@ -2,11 +2,13 @@
 analysis report of `bnjax analyze`."""
 from __future__ import annotations
 
+from statistics import mean
+
 import csv
 import re
 
 from bnjax.config import MODES
-from bnjax.results import mean, model_order, value_order, varied_fields
+from bnjax.results import model_order, value_order, varied_fields
 
 
 def markdown(header: list[str], body: list[list[str]]) -> str:

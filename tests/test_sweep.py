@@ -100,7 +100,7 @@ def test_aggregate_shows_the_fields_that_vary_between_runs(tmp_path):
     assert table[2:] == ["| cifar_resnet_14 | bn | affine | 0 | 160 | 1,120 | 30.00 |",
                          "| cifar_resnet_14 | bn | batchnorm | 0 | 160 | 1,120 | 35.00 |"]
     with open(os.path.join(root, "results.csv")) as f:
-        assert f.readline().strip().endswith(",wall_time_s,model.norm")
+        assert f.readline().strip().endswith(",wall_time_s,branched,model.norm")
     assert list(figures.lines_by(rows)) == ["bn, norm=affine", "bn, norm=batchnorm"]
 
 
