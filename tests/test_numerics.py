@@ -232,14 +232,15 @@ def test_train_mode_loss_and_every_gradient_equal_the_pytorch_original(torch_ref
     assert max(errors.values()) < 1e-9, errors
 
 
-def test_float32_gradients_at_initialisation_are_at_least_as_accurate_as_pytorch(
-        torch_reference, tmp_path):
+def test_float32_gradients_at_initialisation_are_as_accurate_as_pytorchs(torch_reference,
+                                                                         tmp_path):
     """At the paper's initial state (betas 0) on 128 CIFAR-10 test images, against the float64
-    reference: one case, bnjax's most favourable of the 50 of launch/gradient_accuracy.py, where
-    bnjax is closer in 147 of 150 role-cases (docs/PERFORMANCE.md).
-    Measured by the relative L2 error per role: the worst single entry is decided by which
-    near-zero activations float32 rounding flips through a ReLU, in either framework
-    (docs/PERFORMANCE.md, "Gradient accuracy")."""
+    reference, measured by the relative L2 error per role. Over the 50 cases of
+    launch/gradient_accuracy.py (PyTorch fed contiguous NCHW input, as open_lth's loaders
+    give) neither framework is the more accurate: bnjax's error over PyTorch's has a median
+    near 1 and single cases up to about 8x either way (docs/PERFORMANCE.md). So this one case
+    (where bnjax's beta error is 2.9x PyTorch's) checks that bnjax stays within that spread
+    and below 1% relative error: a broken gradient is orders of magnitude off."""
     import os
 
     from fixtures import reference_inputs
@@ -251,7 +252,7 @@ def test_float32_gradients_at_initialisation_are_at_least_as_accurate_as_pytorch
     ours = _relative_l2(_per_leaf(torch_reference, "init.", grads))
     pytorch = _relative_l2(_per_leaf(torch_reference, "init.", grads, source="torch32"))
     for role in ("beta", "gamma", "kernel"):
-        assert ours[role] <= pytorch[role], (role, ours, pytorch)
+        assert ours[role] < 1e-2 and ours[role] <= 10 * pytorch[role], (role, ours, pytorch)
 
 
 def test_bn_only_sgd_steps_equal_the_pytorch_original(torch_reference):
