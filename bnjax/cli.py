@@ -421,7 +421,7 @@ def main(argv) -> None:
     name = argv[1]
     _refuse_foreign(name, _foreign_flags(name))
     logging.set_verbosity(logging.INFO)
-    if not _LIBRARY_LOGS.value:
+    if not (flags.FLAGS.is_parsed() and _LIBRARY_LOGS.value):
         quiet_library_logs()
         _drop_closed_loop_reports()
     try:

@@ -54,3 +54,21 @@ def test_a_shipped_export_refuses_a_folder_of_other_classes(tmp_path):
                                         r"trained on 10"):
         trained.evaluate_export(export, str(tmp_path))
 
+
+
+BUNDLE = os.path.join(REPO, "docs", "multitask", "bn_output.bnjax")
+TASK_ARCHIVES = {"cifar10": "cifar10-jpeg.tar.gz", "fashion-mnist": "fashion-mnist-png.tar.gz",
+                 "mnist-5k": "mnist-5k-png.tar.gz"}
+
+
+@pytest.mark.parametrize("task", sorted(TASK_ARCHIVES))
+def test_each_task_of_the_committed_bundle_evaluates_to_its_recorded_accuracy(task):
+    """docs/multitask/bn_output.bnjax: three tasks on the random backbone of seed 0, each its
+    BatchNorm and output layer (docs/MULTITASK.md)."""
+    archive = os.path.join(REPO, "..", "shared", "data", TASK_ARCHIVES[task])
+    if not os.path.exists(archive):
+        pytest.skip(f"needs the shared archive {archive}")
+    result = trained.evaluate_export(BUNDLE, archive, task=task)
+    flipped = round(abs(result["test_accuracy"] - result["recorded_test_accuracy"])
+                    * result["examples"])
+    assert flipped <= TOLERATED_FLIPS, result

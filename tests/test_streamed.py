@@ -42,6 +42,14 @@ def test_transforms_give_the_model_size_and_eval_takes_the_centre():
     np.testing.assert_array_equal(crop, train_transform(image, np.random.default_rng(0), 64))
 
 
+@pytest.fixture(autouse=True)
+def _network_up_for_the_mock(monkeypatch):
+    """mock_data stands in for tfds' download, which bnjax only tries with the network up."""
+    from bnjax.data import tfds_source
+
+    monkeypatch.setattr(tfds_source, "network_reachable", lambda timeout_s=3.0: True)
+
+
 def _imagenet_config():
     data = base_config().data
     data.source, data.eval_split, data.decode_threads = "imagenet2012", "validation", 4
