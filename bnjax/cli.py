@@ -273,7 +273,7 @@ COMMANDS = {
         cmd_train, "train (or resume) a run in --workdir",
         ("config", "workdir", "overwrite", "branch", "stop_at_step") + _MULTI,
         "bnjax train --config=configs/cifar10.py:cifar_resnet_14 --workdir=runs/r14_bn "
-        "--config.data.source=../shared/data/cifar10-jpeg.tar.gz"),
+        "--config.data.source=data/cifar10-jpeg.tar.gz"),
     "config": Command(
         cmd_config, "print every config field with its value and meaning", ("config",),
         "bnjax config --config=configs/cifar10.py:cifar_resnet_110 --config.train.mode=all"),
@@ -292,7 +292,7 @@ COMMANDS = {
     "eval": Command(
         cmd_eval, "test loss and accuracy of an export (a bundle: per task), weights "
         "regenerated from its seed", ("export", "data_source", "task"),
-        "bnjax eval --export=r14_bn.bnjax --data_source=../shared/data/cifar10-jpeg.tar.gz"),
+        "bnjax eval --export=r14_bn.bnjax --data_source=data/cifar10-jpeg.tar.gz"),
     "materialize": Command(
         cmd_materialize, "write every weight of an export as an Orbax checkpoint",
         ("export", "out", "task"), "bnjax materialize --export=r14_bn.bnjax --out=r14_bn_full"),
@@ -308,7 +308,7 @@ COMMANDS = {
         cmd_analyze, "gamma histograms, disabled channels and the gamma-zeroing ablation",
         ("workdir", "export", "out", "data_source", "by_stage", "by_block", "by_layer"),
         "bnjax analyze --export=r14_bn.bnjax --out=analysis_r14 "
-        "--data_source=../shared/data/cifar10-jpeg.tar.gz"),
+        "--data_source=data/cifar10-jpeg.tar.gz"),
     "bench": Command(
         cmd_bench, "train, eval and input-pipeline images/s of a config on this machine",
         ("config", "replicas", "bench_seeds", "replica_layout"),

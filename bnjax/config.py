@@ -314,4 +314,4 @@ def validate(config) -> None:
     elif looks_like_path(source):
         _require(os.path.exists(source), "data.source", source,
                  "no such file or folder; point it at an image folder or archive "
-                 "(e.g. --config.data.source=../shared/data/cifar10-jpeg.tar.gz)")
+                 "(e.g. --config.data.source=data/cifar10-jpeg.tar.gz)")

@@ -493,7 +493,9 @@ def _save(manager, step: int, state, meta: dict, metrics: dict | None) -> None:
     try:
         checkpoint.save(manager, step, state, meta, metrics)
     except Exception as error:  # a full disk or a vanished folder, here or from the last save
-        raise TrainingError(f"saving the checkpoint of step {step} failed ({error}); the "
+        # an asynchronous save reports its failure at the next one: say both
+        raise TrainingError(f"saving a checkpoint failed at step {step} (this step's save or "
+                            f"the one before it, still being written: {error}); the "
                             f"checkpoints completed before it in {manager.directory} are "
                             "intact. Free disk space or fix the folder, then rerun to "
                             "resume.") from None

@@ -300,7 +300,7 @@ def test_full_disk_during_a_save_keeps_the_previous_checkpoint(config, tmp_path,
         save(manager, step, *args)
 
     monkeypatch.setattr(checkpoint, "save", save_until_disk_is_full)
-    with pytest.raises(TrainingError, match="step 3 failed.*No space left on device.*intact"):
+    with pytest.raises(TrainingError, match="failed at step 3 .*No space left on device.*intact"):
         train.train_and_evaluate(config, workdir)
     manager = checkpoint.open_manager(workdir)
     assert manager.latest_step() == 2

@@ -9,7 +9,7 @@ from bnjax.data.streamed import StreamedSplit
 from bnjax.errors import DataError
 
 _OFFLINE_HINT = ("without internet, point data.source at an image folder or archive, e.g. "
-                 "--config.data.source=../shared/data/cifar10-jpeg.tar.gz")
+                 "--config.data.source=data/cifar10-jpeg.tar.gz")
 
 
 def is_streamed(name: str) -> bool:
