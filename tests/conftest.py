@@ -32,16 +32,21 @@ from bnjax.config import base_config  # noqa: E402
 CLASSES = ("cat", "dog", "frog")
 
 
-def write_image_folder(root, train_per_class=8, test_per_class=4, size=32, seed=0):
-    """<root>/{train,test}/<class>/NNNN.png with a class-dependent colour, so it is learnable."""
+def write_image_folder(root, train_per_class=8, test_per_class=4, size=32, seed=0,
+                       classes=CLASSES, grey=False):
+    """<root>/{train,test}/<class>/NNNN.png, learnable: colour images get a class-dependent
+    colour, greyscale ones (as MNIST's) a class-dependent pattern of bright rows."""
     rng = np.random.default_rng(seed)
     for split, count in (("train", train_per_class), ("test", test_per_class)):
-        for label, name in enumerate(CLASSES):
+        for label, name in enumerate(classes):
             folder = os.path.join(root, split, name)
             os.makedirs(folder, exist_ok=True)
             for i in range(count):
-                pixels = rng.integers(0, 80, (size, size, 3))
-                pixels[..., label] += 150
+                pixels = rng.integers(0, 80, (size, size) if grey else (size, size, 3))
+                if grey:
+                    pixels[label::len(classes)] += 150
+                else:
+                    pixels[..., label] += 150
                 Image.fromarray(pixels.astype(np.uint8)).save(os.path.join(folder, f"{i:04d}.png"))
     return root
 

@@ -5,9 +5,8 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
-from PIL import Image
+from conftest import write_image_folder
 
 from bnjax import tasks, train, trained
 from bnjax.errors import CheckpointError, ConfigError
@@ -15,31 +14,15 @@ from bnjax.errors import CheckpointError, ConfigError
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _task_folder(root, classes, train_per_class, test_per_class, size, grey=False, seed=0):
-    """An image folder whose classes differ by brightness pattern (learnable), of its own class
-    names, counts and image size (greyscale ones as MNIST's)."""
-    rng = np.random.default_rng(seed)
-    for split, count in (("train", train_per_class), ("test", test_per_class)):
-        for label, name in enumerate(classes):
-            folder = os.path.join(root, split, name)
-            os.makedirs(folder, exist_ok=True)
-            for i in range(count):
-                shape = (size, size) if grey else (size, size, 3)
-                pixels = rng.integers(0, 60, shape)
-                pixels[label::len(classes)] += 180
-                Image.fromarray(pixels.astype(np.uint8)).save(os.path.join(folder, f"{i}.png"))
-    return root
-
-
 @pytest.fixture(scope="module")
 def three_tasks(tmp_path_factory):
     root = tmp_path_factory.mktemp("tasks")
-    return {
-        "cifar": _task_folder(str(root / "cifar"), ("plane", "car", "bird"), 8, 4, 32),
-        "fashion": _task_folder(str(root / "fashion"), ("shirt", "shoe"), 12, 4, 28, grey=True,
-                                seed=1),
-        "digits": _task_folder(str(root / "digits"), ("0", "1", "2", "3"), 6, 3, 28, grey=True,
-                               seed=2),
+    return {  # of their own class names, counts and image sizes
+        "cifar": write_image_folder(str(root / "cifar"), classes=("plane", "car", "bird")),
+        "fashion": write_image_folder(str(root / "fashion"), 12, 4, 28, seed=1, grey=True,
+                                      classes=("shirt", "shoe")),
+        "digits": write_image_folder(str(root / "digits"), 6, 3, 28, seed=2, grey=True,
+                                     classes=("0", "1", "2", "3")),
     }
 
 
