@@ -51,9 +51,8 @@ def task_config(config, source: str):
     return task
 
 
-def backbone_roles() -> tuple:
-    """The roles of the shared backbone: every parameter but the task's output layer."""
-    return ("gamma", "beta", "conv", "conv_bias", "shortcut")
+# The roles of the shared backbone: every parameter but the task's output layer
+BACKBONE_ROLES = ("gamma", "beta", "conv", "conv_bias", "shortcut")
 
 
 def claim(workdir: str, names: list[str]) -> None:
@@ -89,7 +88,7 @@ def check_shared_backbone(runs: list, names: list[str]) -> None:
         frozen = partition.flatten(run.setup.frozen)
         return weights_checksum(partition.unflatten(
             {path: leaf for path, leaf in frozen.items()
-             if partition.role_of(path) in backbone_roles()}))
+             if partition.role_of(path) in BACKBONE_ROLES}))
 
     sums = [backbone(run) for run in runs]
     for name, checksum in zip(names[1:], sums[1:]):

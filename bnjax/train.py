@@ -116,10 +116,9 @@ def signals_received():
             signal.signal(signum, handler)
 
 
-def _resume(workdir: str, manager, state, description: dict, branch: bool,
-            at_most: int | None = None):
-    """(state, that checkpoint's metadata) to continue from: the newest readable checkpoint (at
-    step at_most or before, if given), or the fresh state and {}.
+def _resume(workdir: str, manager, state, description: dict, branch: bool):
+    """(state, that checkpoint's metadata) to continue from: the newest readable checkpoint,
+    or the fresh state and {}.
 
     A damaged newest checkpoint (a crash mid-write, a corrupt disk) falls back to the one before.
     """
@@ -130,8 +129,7 @@ def _resume(workdir: str, manager, state, description: dict, branch: bool,
             saved_run = json.load(f)
         checkpoint.check_same_run(saved_run, description, workdir, branch)
         branches = saved_run.get("branches", [])
-    steps = sorted((s for s in manager.all_steps() if at_most is None or s <= at_most),
-                   reverse=True)
+    steps = sorted(manager.all_steps(), reverse=True)
     for step in steps:
         where = f"{workdir} (checkpoint step {step})"
         try:
