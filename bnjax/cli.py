@@ -40,6 +40,9 @@ _NAMES = flags.DEFINE_string("names", None, "bundle: one task name per export, "
                              "comma-separated ('' for a bundle: its tasks keep their names).")
 _TASK = flags.DEFINE_string("task", None, "A bundle's task (default: every task, each on its "
                             "recorded data).")
+_BASE = flags.DEFINE_string("base", None, "Where the base export (model.base) of a run trained "
+                            "on one lies now, if not at its recorded path or beside --export; "
+                            "its sha256 must match.")
 _OUT = flags.DEFINE_string("out", None, "Where the command writes its file or folder.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step to export (default: the latest).")
 _DATA_SOURCE = flags.DEFINE_string("data_source", None, "Evaluate on this data source instead "
@@ -200,7 +203,7 @@ def cmd_eval() -> None:
     from bnjax import trained
 
     path = _require_flag(_EXPORT.value, "export", "--export=resnet20_bn.bnjax")
-    for result in trained.evaluate_tasks(path, _DATA_SOURCE.value, _TASK.value):
+    for result in trained.evaluate_tasks(path, _DATA_SOURCE.value, _TASK.value, _BASE.value):
         print(json.dumps(result))
 
 
@@ -209,7 +212,7 @@ def cmd_materialize() -> None:
 
     path = _require_flag(_EXPORT.value, "export", "--export=resnet20_bn.bnjax")
     out = _require_flag(_OUT.value, "out", "--out=resnet20_bn_full")
-    print(f"wrote every weight to {trained.materialize(path, out, _TASK.value)}")
+    print(f"wrote every weight to {trained.materialize(path, out, _TASK.value, _BASE.value)}")
 
 
 def cmd_sweep() -> None:
@@ -291,11 +294,12 @@ COMMANDS = {
         "--out=both.bnjax"),
     "eval": Command(
         cmd_eval, "test loss and accuracy of an export (a bundle: per task), weights "
-        "regenerated from its seed", ("export", "data_source", "task"),
+        "regenerated from its seed", ("export", "data_source", "task", "base"),
         "bnjax eval --export=r14_bn.bnjax --data_source=data/cifar10-jpeg.tar.gz"),
     "materialize": Command(
         cmd_materialize, "write every weight of an export as an Orbax checkpoint",
-        ("export", "out", "task"), "bnjax materialize --export=r14_bn.bnjax --out=r14_bn_full"),
+        ("export", "out", "task", "base"),
+        "bnjax materialize --export=r14_bn.bnjax --out=r14_bn_full"),
     "sweep": Command(
         cmd_sweep, "run (or print) a grid of runs over any config fields, then aggregate",
         ("config", "workdir", "grid", "launcher", "replicas", "group"),

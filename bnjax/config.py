@@ -36,6 +36,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.model.init = "kaiming_normal"
     config.model.dtype = "float32"
     config.model.norm = "batchnorm"
+    config.model.base = ""
 
     config.data = ml_collections.ConfigDict()
     config.data.source = "cifar10"
@@ -95,6 +96,10 @@ FIELD_HELP = {
     "model.norm": "the normalisation layers: batchnorm, affine (scale and shift only, no "
                   "statistics), groupnorm (8 groups), layernorm (over H, W, C); the train "
                   "modes' gamma and beta are its affine parameters",
+    "model.base": "an export file (`bnjax export`) of a trained run of the same model.name and "
+                  "model.norm whose weights are the backbone: every parameter and statistic "
+                  "but the output layer, which the seed draws (with model.init); its sha256 is "
+                  "recorded and checked. Empty: everything from the seed",
     "model.dtype": "compute dtype, float32 or bfloat16; parameters, BatchNorm statistics and "
                    "the optimizer stay float32",
     "data.source": "a tensorflow-datasets name (cifar10, cifar100, imagenet2012) or a path to "
@@ -219,7 +224,8 @@ def looks_like_path(source: str) -> bool:
 
 
 def validate(config) -> None:
-    """Raise ConfigError for the first field that is wrong. Touches no file but data.source."""
+    """Raise ConfigError for the first field that is wrong. Touches no file but data.source and
+    model.base."""
     _check_known_fields(config)
     _require(_is_int(config.seed)
              and 0 <= config.seed < 2**31, "seed", config.seed, "an integer in [0, 2**31)")
@@ -236,6 +242,10 @@ def validate(config) -> None:
              f"accepted: {', '.join(DTYPES)}")
     _require(config.model.norm in NORMS, "model.norm", config.model.norm,
              f"accepted: {', '.join(NORMS)}")
+    _require(isinstance(config.model.base, str) and (not config.model.base
+                                                     or os.path.isfile(config.model.base)),
+             "model.base", config.model.base, "no such file; give the path of a trained run's "
+             "export (`bnjax export --workdir=RUN --out=FILE`), or '' for a random backbone")
 
     train = config.train
     _require(train.mode in MODES, "train.mode", train.mode, f"accepted: {', '.join(MODES)}")

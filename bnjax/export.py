@@ -30,7 +30,8 @@ READABLE_FORMATS = ("bnjax-export-1", FORMAT)
 BUNDLE_FORMAT = "bnjax-bundle-1"
 _DIGEST_BYTES = 32
 # What every task of a bundle must share: the frozen backbone follows from these
-BACKBONE_FIELDS = ("seed", "model.name", "model.norm", "model.dtype", "frozen_init")
+BACKBONE_FIELDS = ("seed", "model.name", "model.norm", "model.dtype", "model.init",
+                   "frozen_init", "base_sha256")
 
 
 def _entry(description: dict, trainable, batch_stats) -> dict:
@@ -57,7 +58,9 @@ def backbone_of(description: dict) -> dict:
     return {"seed": config["seed"], "model.name": config["model"]["name"],
             "model.norm": config["model"].get("norm", "batchnorm"),
             "model.dtype": config["model"].get("dtype", "float32"),
-            "frozen_init": description.get("frozen_init", "jax-v1")}
+            "model.init": config["model"].get("init", "kaiming_normal"),
+            "frozen_init": description.get("frozen_init", "jax-v1"),
+            "base_sha256": (description.get("base") or {}).get("sha256")}
 
 
 def write_bundle(path: str, tasks: dict) -> dict:
@@ -66,8 +69,10 @@ def write_bundle(path: str, tasks: dict) -> dict:
     names = list(tasks)
     backbones = {name: backbone_of(task[0]) for name, task in tasks.items()}
     check_one_backbone(backbones)
+    base = tasks[names[0]][0].get("base")  # the base's path and sha256, if on one
     header = json.dumps({"format": BUNDLE_FORMAT, "tasks": names,
-                         "backbone": backbones[names[0]]}, sort_keys=True)
+                         "backbone": backbones[names[0]], **({"base": base} if base else {})},
+                        sort_keys=True)
     entries = {name: _entry(*task) for name, task in tasks.items()}
     _write(path, {"description": header, "tasks": entries})
     sizes = {name: len(serialization.msgpack_serialize(entry)) for name, entry in entries.items()}
@@ -84,7 +89,7 @@ def check_one_backbone(backbones: dict) -> None:
                 raise CheckpointError(
                     f"tasks {names[0]!r} and {name!r} do not share one frozen backbone: "
                     f"{field} is {value!r} and {backbones[name][field]!r}; a bundle holds "
-                    "tasks of one seed, model and generator")
+                    "tasks of one seed, model, distribution, generator and base")
 
 
 def _read_body(path: str) -> dict:

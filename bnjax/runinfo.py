@@ -67,8 +67,10 @@ def prng_settings() -> dict:
 
 
 def describe(config, frozen_checksum: str, frozen_init: str, num_classes: int,
-             image_shape, class_names=None, split_sizes: dict | None = None) -> dict:
+             image_shape, class_names=None, split_sizes: dict | None = None,
+             base: dict | None = None) -> dict:
     return {"seed": config.seed, "config": config.to_dict(), "num_classes": num_classes,
+            **({"base": base} if base else {}),  # model.base's path and sha256
             "class_names": list(class_names) if class_names is not None else None,
             # with the class names, what identifies the data a run trains on
             **({"split_sizes": split_sizes} if split_sizes else {}),
@@ -82,8 +84,9 @@ def describe(config, frozen_checksum: str, frozen_init: str, num_classes: int,
             "xla_flags": os.environ.get("XLA_FLAGS", "")}
 
 
-# Fields that change how a run is watched or stored, not what it computes.
-VOLATILE_FIELDS = ("log.", "checkpoint.", "data.cache_dir", "data.tfds_data_dir",
+# Fields that change how a run is watched or stored, not what it computes (model.base is where
+# the base lies now: its sha256, recorded beside the config, is what decides and is checked).
+VOLATILE_FIELDS = ("log.", "checkpoint.", "model.base", "data.cache_dir", "data.tfds_data_dir",
                    "data.tfds_download", "data.tfds_manual_dir", "data.decode_threads")
 
 
@@ -137,8 +140,30 @@ def frozen_init_of(description: dict) -> str:
     return description.get("frozen_init", initial_weights.LEGACY)
 
 
+def base_sha256(description: dict) -> str | None:
+    """The sha256 of the base (model.base) a run description records, or None."""
+    return (description.get("base") or {}).get("sha256")
+
+
+def check_same_base(saved: dict, current: dict, where: str) -> None:
+    """A run trained on a base continues and evaluates only on that base file."""
+    was, now = base_sha256(saved), base_sha256(current)
+    if was == now:
+        return
+    if was is None:
+        raise CheckpointError(f"{where} was trained on the random backbone of seed "
+                              f"{saved['seed']}, not on a base; set model.base to ''")
+    if now is None:
+        raise CheckpointError(f"{where} was trained on the base {saved['base']['path']} "
+                              f"(sha256 {was[:12]}...); set model.base to that file")
+    raise CheckpointError(f"the base {current['base']['path']} has sha256 {now[:12]}..., but "
+                          f"{where} was trained on the base {saved['base']['path']} (sha256 "
+                          f"{was[:12]}...); give that file as the base. Refusing other weights.")
+
+
 def check_same_weights(saved: dict, current: dict, where: str) -> None:
     """The frozen weights regenerated now must be the ones the run was trained with."""
+    check_same_base(saved, current, where)
     generator = frozen_init_of(saved)
     if current["frozen_init"] != generator:
         raise CheckpointError(f"{where} was drawn by the frozen-weight generator {generator}, "

@@ -1,9 +1,9 @@
 """Model init from one seed, the trainable/frozen split, the optimizer, and the train state.
 
-The frozen weights are a pure function of (seed, model config) drawn by bnjax.initial_weights:
-they are rebuilt from the seed and never stored. `TrainState` holds only what training
-changes: the trainable leaves, the BatchNorm running statistics, the optimizer state (which
-exists for trainable leaves only) and the step.
+The frozen weights are a pure function of (seed, model config) drawn by bnjax.initial_weights
+(with model.base, of a trained run's export too: a Base): rebuilt, never stored. `TrainState`
+holds only what training changes: the trainable leaves, the BatchNorm running statistics, the
+optimizer state (which exists for trainable leaves only) and the step.
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import numpy as np
 import optax
 
 from bnjax import initial_weights, partition
+from bnjax.errors import ConfigError
 from bnjax.models import build_model
 
 
@@ -143,6 +144,46 @@ def learning_rate(train_config, steps_per_epoch: int):
 
 
 @dataclasses.dataclass(frozen=True)
+class Base:
+    """A trained run serving as the backbone (model.base): its export's every parameter and
+    BatchNorm statistic (bnjax.trained.load_base), of which all but the output layer's are
+    taken; the output layer is the run's own, drawn from its seed."""
+    path: str
+    sha256: str  # of the export file: what a run, checkpoint or export records and checks
+    variables: dict  # {'params', 'batch_stats'}
+
+    def record(self) -> dict:
+        return {"path": self.path, "sha256": self.sha256}
+
+
+def _on_base(variables: dict, base: Base) -> dict:
+    """`variables` with every parameter but the output layer's, and every statistic, taken
+    from the base; ConfigError naming a leaf the base lacks or shapes otherwise."""
+    ours = partition.flatten(variables["params"])
+    theirs = partition.flatten(base.variables["params"])
+    params = {}
+    for path, leaf in ours.items():
+        if partition.role_of(path) == "output":
+            params[path] = leaf
+            continue
+        if path not in theirs or np.shape(theirs[path]) != np.shape(leaf):
+            shape = (f"of shape {np.shape(theirs[path])}, not {np.shape(leaf)}"
+                     if path in theirs else "missing")
+            raise ConfigError(f"config field 'model.base': {base.path} does not fit this "
+                              f"model: its parameter {path} is {shape}; give a base of the same "
+                              "model.name and model.norm")
+        params[path] = np.asarray(theirs[path], leaf.dtype)
+    stats = variables.get("batch_stats", {})
+    their_stats = base.variables.get("batch_stats", {})
+    if jax.tree.structure(stats) != jax.tree.structure(their_stats):
+        raise ConfigError(f"config field 'model.base': {base.path} does not fit this model: "
+                          "its BatchNorm statistics are of another model; give a base of the "
+                          "same model.name and model.norm")
+    return {"params": partition.unflatten(params),
+            "batch_stats": jax.tree.map(np.asarray, their_stats)}
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelSetup:
     """The model of a config, its frozen weights, and how its parameters are partitioned and
     optimized: everything about a run's model that training does not change."""
@@ -156,14 +197,18 @@ class ModelSetup:
     trainable_params: int
     frozen_checksum: str  # of the frozen weights (and masks): what the seed must regenerate
     frozen_init: str  # the generator of bnjax.initial_weights that drew them
+    base: dict | None = None  # Base.record() of model.base, or None: all from the seed
 
 
 def initialize(config, num_classes: int, image_shape, steps_per_epoch: int,
-               frozen_init: str = initial_weights.CURRENT):
-    """(setup, initial TrainState) for `config`, all from config.seed."""
+               frozen_init: str = initial_weights.CURRENT, base: Base | None = None):
+    """(setup, initial TrainState) for `config`, all from config.seed (and the base's weights
+    where `base` is given: the loaded model.base)."""
     model = build_model(config.model, num_classes)
     variables = initial_weights.initial_variables(model, config.seed, image_shape, frozen_init,
                                                   config.model.init)
+    if base is not None:
+        variables = _on_base(variables, base)
     params = variables["params"]
     mode = config.train.mode
     param_labels = partition.param_labels(params, mode)
@@ -182,5 +227,5 @@ def initialize(config, num_classes: int, image_shape, steps_per_epoch: int,
                        trainable_params=partition.trainable_count(trainable, mode,
                                                                   config.train.random_k),
                        frozen_checksum=weights_checksum({"frozen": frozen, "masks": masks or {}}),
-                       frozen_init=frozen_init)
+                       frozen_init=frozen_init, base=base.record() if base else None)
     return setup, state

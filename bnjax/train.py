@@ -16,7 +16,7 @@ from absl import logging
 from bnjax import config as config_lib
 from bnjax import data as data_lib
 from bnjax import (checkpoint, distributed, initial_weights, partition, replicas, runinfo,
-                   summary)
+                   summary, trained)
 from bnjax import tasks as tasks_lib
 from bnjax import engine as engine_lib
 from bnjax import workdir as workdir_lib
@@ -45,7 +45,8 @@ class Run:
         return runinfo.describe(self.config, self.setup.frozen_checksum, self.setup.frozen_init,
                                 self.train_data.num_classes, self.train_data.image_shape,
                                 self.train_data.class_names,
-                                {"train": len(self.train_data), "eval": len(self.eval_data)})
+                                {"train": len(self.train_data), "eval": len(self.eval_data)},
+                                self.setup.base)
 
 
 def check_devices(config, device_count: int) -> None:
@@ -56,7 +57,7 @@ def check_devices(config, device_count: int) -> None:
 
 def build_run(config, frozen_init: str = initial_weights.CURRENT, splits=None):
     """Validate, load data (or take `splits`, (train, eval) already loaded for this config),
-    init the model from the seed and split it. Writes nothing."""
+    init the model from the seed (and model.base) and split it. Writes nothing."""
     config_lib.validate(config)
     check_devices(config, jax.device_count())
     train_data, eval_data = splits or data_lib.load_splits(
@@ -65,8 +66,9 @@ def build_run(config, frozen_init: str = initial_weights.CURRENT, splits=None):
     if per_epoch == 0:
         raise DataError(f"the training split has {len(train_data)} examples, fewer than "
                         f"train.batch_size = {config.train.batch_size}; lower the batch size")
+    base = trained.load_base(config.model.base) if config.model.base else None
     setup, state = initialize(config, train_data.num_classes, train_data.image_shape, per_epoch,
-                              frozen_init)
+                              frozen_init, base)
     run = Run(config=config, setup=setup, train_data=train_data, eval_data=eval_data,
               timetable=Timetable.from_config(config, per_epoch))
     return run, state
@@ -247,8 +249,9 @@ def train_tasks(config, workdir: str, stop_at_step: int | None = None, overwrite
                     for (name, _), task in zip(named, configs)]
         tasks_lib.check_shared_backbone([lanes[0].run for lanes, _, _ in prepared],
                                         [name for name, _ in named])
-        logging.info("%d tasks share one program and the frozen backbone of seed %d: %s",
-                     len(named), config.seed, ", ".join(
+        logging.info("%d tasks share one program and the frozen backbone of %s: %s",
+                     len(named), f"the base {config.model.base}" if config.model.base
+                     else f"seed {config.seed}", ", ".join(
                          f"{name} ({lanes[0].run.train_data.num_classes} classes, "
                          f"{lanes[0].run.timetable.total_steps} steps)"
                          for (name, _), (lanes, _, _) in zip(named, prepared)))
@@ -408,7 +411,8 @@ def _finished_metrics(workdir: str, description: dict) -> dict | None:
     with open(paths[1]) as f:
         metrics = json.load(f)
     same_config = not runinfo.differences_from_saved(saved["config"], description["config"])
-    return metrics if same_config else None
+    same_base = runinfo.base_sha256(saved) == runinfo.base_sha256(description)
+    return metrics if same_config and same_base else None
 
 
 def _holds_finished_run(workdir: str) -> bool:

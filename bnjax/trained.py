@@ -3,6 +3,7 @@ checked; and what is done with one: export it, evaluate it, write all its weight
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 
@@ -20,7 +21,7 @@ from bnjax import data as data_lib
 from bnjax.errors import CheckpointError, DamagedCheckpointError, DataError
 from bnjax.files import write_json
 from bnjax.models import parse_name
-from bnjax.state import ModelSetup, TrainState, initialize
+from bnjax.state import Base, ModelSetup, TrainState, initialize
 from bnjax.step import evaluate, make_eval_step, make_mesh, replicate
 
 
@@ -38,15 +39,56 @@ class TrainedModel:
                 "batch_stats": self.state.batch_stats}
 
 
-def _rebuild(description: dict, where: str) -> tuple[ml_collections.ConfigDict, ModelSetup,
-                                                    TrainState]:
-    """The model of a run description, frozen weights regenerated and checked against it."""
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_base(path: str) -> Base:
+    """The trained weights of the export at `path` (model.base), every one checked."""
+    if os.path.isdir(path):
+        raise CheckpointError(f"the base {path} is a folder; give a trained run's export file "
+                              f"(`bnjax export --workdir={path} --out=base.bnjax`)")
+    if None not in export.read_tasks(path):
+        raise CheckpointError(f"the base {path} is a bundle of tasks; give one run's export")
+    return Base(path, file_sha256(path), from_export(path).variables())
+
+
+def _base_of(description: dict, where: str, base_path: str | None) -> Base | None:
+    """The base a run description names, found at `base_path` (where it lies now), else at its
+    recorded path, else beside `where` under its own file name; its sha256 checked."""
+    recorded = description.get("base")
+    if recorded is None:
+        if base_path:
+            raise CheckpointError(f"{where} was not trained on a base; leave out --base")
+        return None
+    beside = os.path.join(os.path.dirname(os.path.abspath(where)),
+                          os.path.basename(recorded["path"]))
+    path = base_path or next((p for p in (recorded["path"], beside) if os.path.isfile(p)), None)
+    if path is None:
+        raise CheckpointError(f"{where} was trained on the base {recorded['path']}, which is "
+                              f"neither there nor beside it; give --base=PATH (sha256 "
+                              f"{recorded['sha256'][:12]}...)")
+    base = load_base(path)
+    runinfo.check_same_base(description, {"seed": None, "base": base.record()}, where)
+    return base
+
+
+def _rebuild(description: dict, where: str, base_path: str | None = None
+             ) -> tuple[ml_collections.ConfigDict, ModelSetup, TrainState]:
+    """The model of a run description, frozen weights regenerated (on its base, if it has
+    one) and checked against it."""
     config = config_lib.from_dict(description["config"])
+    base = _base_of(description, where, base_path)
     setup, state = initialize(config, description["num_classes"],
                               tuple(description["image_shape"]), steps_per_epoch=1,
-                              frozen_init=runinfo.frozen_init_of(description))
+                              frozen_init=runinfo.frozen_init_of(description), base=base)
     current = runinfo.describe(config, setup.frozen_checksum, setup.frozen_init,
-                               description["num_classes"], description["image_shape"])
+                               description["num_classes"], description["image_shape"],
+                               base=setup.base)
     runinfo.check_same_weights(description, current, where)
     return config, setup, state
 
@@ -99,10 +141,11 @@ def _from_step(manager, workdir: str, step: int) -> TrainedModel:
     return TrainedModel(config, setup, state, {**description, "step": step, "metrics": metrics})
 
 
-def from_export(path: str, task: str | None = None) -> TrainedModel:
-    """A single export's model, or one task's of a bundle."""
+def from_export(path: str, task: str | None = None,
+                base: str | None = None) -> TrainedModel:
+    """A single export's model, or one task's of a bundle; `base`: where its base lies now."""
     description, trainable, batch_stats = export.read_export(path, task)
-    config, setup, state = _rebuild(description, path)
+    config, setup, state = _rebuild(description, path, base)
     if jax.tree.structure(trainable) != jax.tree.structure(state.trainable):
         raise CheckpointError(f"{path}: its trained leaves do not fit {config.model.name} in "
                               f"mode {config.train.mode}")
@@ -166,21 +209,21 @@ def recorded_test_accuracy(description: dict) -> float | None:
 
 
 def evaluate_tasks(path: str, data_source: str | None = None,
-                   task: str | None = None) -> list[dict]:
+                   task: str | None = None, base: str | None = None) -> list[dict]:
     """evaluate_export of one task (a single export: the model), or of every task of a
     bundle, each on its recorded source."""
     names = list(export.read_tasks(path)) if task is None else [task]
     if len(names) > 1 and data_source:
         raise CheckpointError(f"{path} holds tasks {', '.join(names)}, each with its own data: "
                               "give --task=NAME with --data_source")
-    return [evaluate_export(path, data_source, name) for name in names]
+    return [evaluate_export(path, data_source, name, base) for name in names]
 
 
 def evaluate_export(path: str, data_source: str | None = None,
-                    task: str | None = None) -> dict:
+                    task: str | None = None, base: str | None = None) -> dict:
     """Test loss and accuracy of an exported model (or of one task of a bundle), without its
     training workdir, beside the accuracy recorded at training."""
-    trained = from_export(path, task)
+    trained = from_export(path, task, base)
     config = trained.config
     if data_source:
         config.data.source = data_source
@@ -230,9 +273,10 @@ def _with_training_labels(data, description: dict, source: str, path: str):
                                class_names=tuple(trained_classes))
 
 
-def materialize(export_path: str, out_dir: str, task: str | None = None) -> str:
+def materialize(export_path: str, out_dir: str, task: str | None = None,
+                base: str | None = None) -> str:
     """Write every weight (params and batch_stats) as an Orbax checkpoint plus model.json."""
-    trained = from_export(export_path, task)
+    trained = from_export(export_path, task, base)
     if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
         raise CheckpointError(f"--out={out_dir} exists and is not an empty folder; choose a new "
                               "folder")
