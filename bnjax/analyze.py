@@ -20,6 +20,7 @@ import re
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
 from bnjax import data as data_lib
 from bnjax import figures, partition, tables
@@ -187,9 +188,11 @@ def analyze(trained, data_source: str | None = None, by_stage: float | None = No
     test = test_split(trained, data_source)
     params = all_params(trained)
     test_metrics = test_metrics_of(trained, test)
-    ablation = [{"fraction_zeroed": fraction,
-                 **test_metrics(zero_smallest_gammas(params, fraction))}
-                for fraction in ABLATION_FRACTIONS]
+    ablation = []
+    for fraction in ABLATION_FRACTIONS:  # each a pass over the test split: say how far it is
+        logging.info("ablation: %g of the gammas zeroed", fraction)
+        ablation.append({"fraction_zeroed": fraction,
+                         **test_metrics(zero_smallest_gammas(params, fraction))})
     gamma_by_layer = gammas(params)
     result = {"model": config.model.name, "norm": config.model.norm, "mode": config.train.mode,
               "seed": config.seed,
@@ -213,9 +216,12 @@ def ablation_by_group(params, fraction: float, group_of, test_metrics) -> dict:
     gamma count and how many the cut zeroed there."""
     cut = smallest_gammas(params, fraction)
     groups = {}
-    for group in sorted({group_of(path) for path in cut}, key=tables.part_order):
+    ordered = sorted({group_of(path) for path in cut}, key=tables.part_order)
+    for number, group in enumerate(ordered, 1):
         def inside(path, group=group):
             return group_of(path) == group
+        logging.info("ablation of %g of the gammas in %s (%d of %d)", fraction, group, number,
+                     len(ordered))
         groups[group] = {**test_metrics(_zeroed(params, cut, inside)),
                          "gammas": sum(m.size for p, m in cut.items() if inside(p)),
                          "gammas_zeroed": int(sum(m.sum() for p, m in cut.items() if inside(p)))}

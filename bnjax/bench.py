@@ -21,7 +21,7 @@ from bnjax.models import parse_name
 from bnjax.timetable import Timetable
 from bnjax.state import initialize
 from bnjax.step import make_mesh, shard_batch
-from bnjax.train import Run
+from bnjax.run import Run
 
 
 def _median_rate(step, batch: int, warmup: int, steps: int) -> tuple[float, float]:

@@ -30,10 +30,9 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file, e.g. configs/cifar10.py or "
     "configs/cifar10.py:cifar_resnet_110; override any field with --config.FIELD=VALUE.",
     lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run folder: logs, TensorBoard, checkpoints, "
-                               "metrics.json. Training there again resumes the run.")
-_EXPORT = flags.DEFINE_string("export", None, "An export file made by `bnjax export` (analyze: "
-                              "several, comma-separated).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "A run folder (run.json, logs, TensorBoard, "
+                               "checkpoints, metrics.json).")
+_EXPORT = flags.DEFINE_string("export", None, "An export file made by `bnjax export`.")
 _EXPORTS = flags.DEFINE_string("exports", None, "bundle: the exports and bundles to merge, "
                                "comma-separated.")
 _NAMES = flags.DEFINE_string("names", None, "bundle: one task name per export, "
@@ -62,14 +61,12 @@ _BRANCH = flags.DEFINE_bool("branch", False, "Continue the latest checkpoint in 
 _STOP_AT_STEP = flags.DEFINE_integer("stop_at_step", None, "Save a checkpoint after this "
                                      "global step (or the end of the train.steps_per_call call "
                                      "that reaches it) and exit 0; rerun to continue.")
-_GRID = flags.DEFINE_string("grid", None, "FIELD=V1,V2;FIELD=V1,... (tuples as 2/3).")
+_GRID = flags.DEFINE_string("grid", None, "FIELD=V1,V2;FIELD=V1,...: every combination of "
+                            "the values is a run. A tuple's elements are joined by '/', e.g. "
+                            "train.lr_milestones=80/120,40/60.")
 _LAUNCHER = flags.DEFINE_enum("launcher", "local", ["local", "print"], "Run the points here "
                               "one after another, or print their commands.")
-_REPLICAS = flags.DEFINE_integer("replicas", 1, "sweep: train up to this many grid points "
-                                 "that differ only in lr, weight decay, momentum, lr scales, "
-                                 "bn_init or seed as replicas of one compiled program. bench: "
-                                 "time this many replicas of the config (seeds 0..K-1 with "
-                                 "--bench_seeds=different).")
+_REPLICAS = flags.DEFINE_integer("replicas", 1, "How many runs form one compiled program.")
 _GROUP = flags.DEFINE_integer("group", None, "sweep: run only this group (1-based) of the "
                               "sweep's plan, e.g. one group per machine.")
 _BENCH_SEEDS = flags.DEFINE_enum("bench_seeds", "same", ["same", "different"], "bench with "
@@ -105,6 +102,7 @@ class Command:
     summary: str  # one line, for `bnjax --help`
     flags: tuple[str, ...]  # the absl flags it takes; 'config' includes --config.FIELD
     example: str
+    help: dict = dataclasses.field(default_factory=dict)  # this command's text for a flag
 
 
 def _fail(message: str, status: int = EXIT_USAGE) -> None:
@@ -276,7 +274,10 @@ COMMANDS = {
         cmd_train, "train (or resume) a run in --workdir",
         ("config", "workdir", "overwrite", "branch", "stop_at_step") + _MULTI,
         "bnjax train --config=configs/cifar10.py:cifar_resnet_14 --workdir=runs/r14_bn "
-        "--config.data.source=data/cifar10-jpeg.tar.gz"),
+        "--config.data.source=data/cifar10-jpeg.tar.gz",
+        {"workdir": "The run folder (run.json, logs, TensorBoard, checkpoints, metrics.json); "
+                    "training there again resumes the run. With config.data.tasks: a folder "
+                    "holding one run folder per task."}),
     "config": Command(
         cmd_config, "print every config field with its value and meaning", ("config",),
         "bnjax config --config=configs/cifar10.py:cifar_resnet_110 --config.train.mode=all"),
@@ -286,7 +287,9 @@ COMMANDS = {
     "export": Command(
         cmd_export, "write a run's seed-plus-BN file (a few kilobytes; tasks: one bundle)",
         ("workdir", "out", "step"),
-        "bnjax export --workdir=runs/r14_bn --out=r14_bn.bnjax"),
+        "bnjax export --workdir=runs/r14_bn --out=r14_bn.bnjax",
+        {"workdir": "The run folder to export (a multi-task run's folder: every task, as one "
+                    "bundle).", "out": "The export file to write (replaced atomically)."}),
     "bundle": Command(
         cmd_bundle, "merge exports and bundles of one seed and model into one bundle",
         ("exports", "names", "out"),
@@ -299,24 +302,36 @@ COMMANDS = {
     "materialize": Command(
         cmd_materialize, "write every weight of an export as an Orbax checkpoint",
         ("export", "out", "task", "base"),
-        "bnjax materialize --export=r14_bn.bnjax --out=r14_bn_full"),
+        "bnjax materialize --export=r14_bn.bnjax --out=r14_bn_full",
+        {"out": "A new (or empty) folder for the checkpoint and model.json."}),
     "sweep": Command(
         cmd_sweep, "run (or print) a grid of runs over any config fields, then aggregate",
         ("config", "workdir", "grid", "launcher", "replicas", "group"),
         "bnjax sweep --config=configs/cifar10.py --grid='train.lr=0.1,0.3,1,3' "
-        "--workdir=runs/lr_sweep --replicas=4"),
+        "--workdir=runs/lr_sweep --replicas=4",
+        {"workdir": "The sweep's folder: a run folder per grid point, named by its values, "
+                    "and the aggregated results; running the sweep again resumes its runs.",
+         "replicas": "Train up to this many grid points that differ only in lr, weight decay, "
+                     "momentum, lr scales, bn_init or seed as replicas of one compiled "
+                     "program."}),
     "aggregate": Command(
         cmd_aggregate, "collect a sweep's metrics into a table and a plot", ("workdir",),
-        "bnjax aggregate --workdir=runs/sweep1"),
+        "bnjax aggregate --workdir=runs/sweep1",
+        {"workdir": "The sweep's folder (or any folder of run folders): writes results.csv, "
+                    "results.md and accuracy_vs_<field>.png there."}),
     "analyze": Command(
         cmd_analyze, "gamma histograms, disabled channels and the gamma-zeroing ablation",
         ("workdir", "export", "out", "data_source", "by_stage", "by_block", "by_layer"),
         "bnjax analyze --export=r14_bn.bnjax --out=analysis_r14 "
-        "--data_source=data/cifar10-jpeg.tar.gz"),
+        "--data_source=data/cifar10-jpeg.tar.gz",
+        {"workdir": "Run folders to analyze (their newest checkpoints), comma-separated.",
+         "export": "Export files to analyze, comma-separated."}),
     "bench": Command(
         cmd_bench, "train, eval and input-pipeline images/s of a config on this machine",
         ("config", "replicas", "bench_seeds", "replica_layout"),
-        "bnjax bench --config=configs/cifar10.py:cifar_resnet_20"),
+        "bnjax bench --config=configs/cifar10.py:cifar_resnet_20",
+        {"replicas": "Time this many replicas of the config as one program (seeds 0..K-1 with "
+                     "--bench_seeds=different)."}),
 }
 
 
@@ -339,7 +354,7 @@ def command_help(name: str) -> str:
         holder = flags.FLAGS[flag]
         default = "" if holder.default is None or flag == "config" else \
             f" (default: {holder.default})"
-        lines += [f"  --{flag}{default}", _wrap(holder.help, "      ")]
+        lines += [f"  --{flag}{default}", _wrap(command.help.get(flag, holder.help), "      ")]
     if "config" in command.flags:
         lines += ["", _wrap(_CONFIG_FIELDS_NOTE, "")]
     if name == "train":

@@ -97,15 +97,30 @@ class _Engine:
             else None
 
 
+def program_key(run) -> tuple:
+    """What a run's data changes in its compiled programs, all else of the config equal: the
+    classes, the image shape, the steps per epoch (the lr schedule's boundaries) and where
+    augmentation runs."""
+    data = run.train_data
+    return (data.num_classes, tuple(data.image_shape), run.timetable.steps_per_epoch,
+            data.augmented_on_host)
+
+
 class SequentialEngine(_Engine):
     """One compiled program, called for each replica in turn (one run: the run itself)."""
     layout = "sequential"
 
-    def __init__(self, runs: list, mesh):
+    def __init__(self, runs: list, mesh, programs: dict | None = None):
+        """programs: compiled programs to share with other engines of runs whose configs
+        differ only in data.source (the tasks of one run), by program_key."""
         super().__init__(runs, mesh)
-        self._single, self._multi = self._compiled(self.step_function)
-        self.eval_step = jax.jit(eval_step_function(runs[0].setup.model))
-        self._finite = jax.jit(_all_finite)
+        programs = {} if programs is None else programs
+        key = program_key(runs[0])
+        if key not in programs:
+            programs[key] = (*self._compiled(self.step_function),
+                             jax.jit(eval_step_function(runs[0].setup.model)),
+                             jax.jit(_all_finite))
+        self._single, self._multi, self.eval_step, self._finite = programs[key]
         self.frozen = [replicate(run.setup.frozen, mesh) for run in
                        (runs[:1] if self.shared_frozen else runs)]
         self._keys = [replicate(augment_key(run.config.seed), mesh) for run in runs]
@@ -201,9 +216,9 @@ class VmapEngine(_Engine):
         return jax.tree.map(lambda leaf: leaf[index], state)
 
 
-def make_engine(runs: list, mesh, layout: str = "auto"):
-    """The engine of one run (always sequential: the program a run alone compiles) or of a
-    group in the given layout."""
+def make_engine(runs: list, mesh, layout: str = "auto", programs: dict | None = None):
+    """The engine of one run (always sequential: the program a run alone compiles, shared
+    through `programs` with the other tasks of its run) or of a group in the given layout."""
     if len(runs) == 1 or replica_layout(layout) == "sequential":
-        return SequentialEngine(runs, mesh)
+        return SequentialEngine(runs, mesh, programs)
     return VmapEngine(runs, mesh)

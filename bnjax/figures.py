@@ -56,23 +56,73 @@ def lines_by(rows: list[dict], leave_out: tuple = ()) -> dict:
     return dict(sorted(lines.items()))
 
 
+def _short_name(model_name: str) -> str:
+    from bnjax.models import parse_name
+
+    spec = parse_name(model_name)
+    if spec.family == "cifar_vgg":
+        return f"VGG-{spec.depth}"
+    return f"ResNet-{spec.depth}" + ("" if spec.width in (16, None) or
+                                     spec.family != "cifar_resnet" else f"-{spec.width}")
+
+
+def _seed_spread(rows: list[dict], key, order=value_order) -> list[tuple]:
+    """[(key, mean, lowest, highest test accuracy %, rows)] of the rows grouped by key(row),
+    sorted by order(key): seeds averaged, their range kept."""
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault(key(r), []).append(r)
+    spread = []
+    for k, members in sorted(groups.items(), key=lambda item: order(item[0])):
+        accuracies = [100 * r["test_accuracy"] for r in members]
+        spread.append((k, mean(accuracies), min(accuracies), max(accuracies), members))
+    return spread
+
+
+def _errorbar(axis, spread: list[tuple], x_of, **style):
+    """Means joined by a line, each with a bar over its seeds' range (none for one seed)."""
+    xs = [x_of(k) for k, *_ in spread]
+    means = [m for _, m, _, _, _ in spread]
+    below = [m - low for _, m, low, _, _ in spread]
+    above = [high - m for _, m, _, high, _ in spread]
+    return axis.errorbar(xs, means, yerr=[below, above], capsize=3, **style)
+
+
+def _subtitle(rows: list[dict]) -> str:
+    """What every row shares, for a title: the model and the epochs where one."""
+    models = {r["model"] for r in rows}
+    epochs = {r["epochs"] for r in rows}
+    parts = ([_short_name(next(iter(models)))] if len(models) == 1 else []) + \
+        ([f"{next(iter(epochs))} epochs"] if len(epochs) == 1 else [])
+    seeds = len({r.get("seed") for r in rows})
+    return ", ".join(parts + ([f"mean of {seeds} seeds, bars their range"] if seeds > 1 else []))
+
+
 def accuracy_vs_trainable(rows: list[dict], path: str) -> None:
-    """Test accuracy against trainable parameters, a panel per model family."""
+    """Test accuracy against trainable parameters, a panel per model family, a line per mode
+    (seeds averaged, their range as a bar), each point named by its model."""
     rows = finished(rows)
     families = sorted({family(r["model"]) for r in rows})
     with _figure(path, (6 * len(families), 4.5)) as figure:
         for index, name in enumerate(families, 1):
             axis = figure.add_subplot(1, len(families), index)
             for label, members in lines_by(rows).items():
-                points = sorted((r["trainable_params"], 100 * r["test_accuracy"])
-                                for r in members
-                                if family(r["model"]) == name and r["trainable_params"])
-                if points:
-                    axis.plot(*zip(*points), marker="o", label=label)
+                members = [r for r in members
+                           if family(r["model"]) == name and r["trainable_params"]]
+                if not members:
+                    continue
+                spread = _seed_spread(members, lambda r: (r["trainable_params"], r["model"]),
+                                      order=lambda k: k)
+                _errorbar(axis, spread, lambda k: k[0], marker="o", label=label)
+                for (params, model), accuracy, *_ in spread:
+                    axis.annotate(_short_name(model), (params, accuracy), fontsize=7,
+                                  textcoords="offset points", xytext=(4, 4))
             axis.set_xscale("log")
-            axis.set(xlabel="trainable parameters", ylabel="test accuracy (%)", title=name)
+            axis.set(xlabel="trainable parameters", ylabel="test accuracy (%)")
+            axis.set_title(f"{name}: {_subtitle(rows)}" if _subtitle(rows) else name,
+                           fontsize=10)
             axis.grid(alpha=0.3)
-            axis.legend()
+            axis.legend(fontsize=8)
 
 
 def _log_axis(field: str, values) -> bool:
@@ -87,14 +137,15 @@ def accuracy_vs_field(rows: list[dict], field: str, path: str) -> None:
     with _figure(path, (6, 4.2)) as figure:
         axis = figure.add_subplot()
         for label, members in lines_by(rows, leave_out=(field,)).items():
-            by_x: dict = {}
-            for r in members:
-                by_x.setdefault(r[field], []).append(100 * r["test_accuracy"])
-            points = sorted((x, mean(accuracies)) for x, accuracies in by_x.items())
-            axis.plot(*zip(*points), marker="o", label=label)
-        if _log_axis(field, [r[field] for r in rows]):
+            _errorbar(axis, _seed_spread(members, lambda r: r[field]), lambda x: x,
+                      marker="o", label=label)
+        values = sorted({r[field] for r in rows})
+        if _log_axis(field, values):
             axis.set_xscale("log")
+            axis.minorticks_off()
+        axis.set_xticks(values, [_tick(v) for v in values])  # 0.3, not 3x10^-1
         axis.set(xlabel=field, ylabel="test accuracy (%)")
+        axis.set_title(_subtitle(rows) or f"test accuracy against {field}", fontsize=10)
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
 
@@ -148,14 +199,21 @@ def accuracy_by_mode(pivot: tuple, path: str) -> None:
         axis = figure.add_subplot()
         for index, mode in enumerate(modes):
             offset = (index - (len(modes) - 1) / 2) * width
-            bars = [(group + offset, mean(acc[mode]))
-                    for group, acc in enumerate(lines.values()) if mode in acc]
-            drawn = axis.bar(*zip(*bars), width, label=mode)
+            groups = [(group + offset, acc[mode]) for group, acc in enumerate(lines.values())
+                      if mode in acc]
+            means = [mean(values) for _, values in groups]
+            spread = [[m - min(v) for m, (_, v) in zip(means, groups)],
+                      [max(v) - m for m, (_, v) in zip(means, groups)]]
+            drawn = axis.bar([x for x, _ in groups], means, width, label=mode, yerr=spread,
+                             capsize=2)  # seeds' range; none for one seed
             axis.bar_label(drawn, fmt="%.1f", fontsize=7)
         axis.set_xticks(range(len(lines)), ["\n".join(v for f, v in label.items()
                                                       if f not in shared)
                                             for label in labels], fontsize=8)
-        axis.set_title(", ".join(labels[0][f] for f in shared), fontsize=10)
+        several = any(len(values) > 1 for acc in lines.values() for values in acc.values())
+        axis.set_title(", ".join([labels[0][f] for f in shared]
+                                 + (["mean of seeds, bars their range"] if several else [])),
+                       fontsize=10)
         axis.set_ylim(0, 100)
         axis.set_ylabel("test accuracy (%)")
         axis.legend()
@@ -182,9 +240,11 @@ def gamma_histograms(series: list[tuple[str, dict]], path: str) -> None:
     stages = sorted({stage for _, by_stage in series for stage in by_stage},
                     key=lambda stage: (stage != "stem", stage))
     panels = ["overall"] + stages
-    with _figure(path, (4 * len(panels), 3.5), dpi=110) as figure:
+    columns = min(len(panels), 3)
+    rows = -(-len(panels) // columns)
+    with _figure(path, (4.2 * columns, 3.4 * rows), dpi=110) as figure:
         for index, panel in enumerate(panels, 1):
-            axis = figure.add_subplot(1, len(panels), index)
+            axis = figure.add_subplot(rows, columns, index)
             for label, by_stage in series:
                 # networks of different families name their stages differently (a VGG's
                 # are not a ResNet's): a series appears only in the panels it has gammas for
@@ -192,7 +252,7 @@ def gamma_histograms(series: list[tuple[str, dict]], path: str) -> None:
                           if panel in ("overall", stage)]
                 if values:
                     axis.hist(np.concatenate(values), bins=60, alpha=0.55, label=label)
-            axis.set(title=f"gamma, {panel}", xlabel="gamma")
+            axis.set(title=f"gamma, {panel}", xlabel="gamma", ylabel="channels")
             axis.legend(fontsize=7)
 
 

@@ -69,13 +69,16 @@ def _set(config, field: str, value) -> None:
     node[name] = value
 
 
-def _run_name(overrides: dict) -> str:
-    def show(value):
-        return "/".join(map(str, value)) if isinstance(value, tuple) else str(value)
+def _in_run_name(value) -> str:
+    """A value as a run folder's name writes it: a tuple's elements joined by '/', as --grid
+    takes them."""
+    return "/".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
+
+def _run_name(overrides: dict) -> str:
     # "__" between fields keeps commas free for lists of workdirs (bnjax analyze --workdir=A,B)
-    return "__".join(f"{field}={show(value)}" for field, value in overrides.items()).replace(
-        os.sep, "_")
+    return "__".join(f"{field}={_in_run_name(value)}"
+                     for field, value in overrides.items()).replace(os.sep, "_")
 
 
 def expand(config, grid) -> list[tuple[str, dict, object]]:
@@ -95,5 +98,5 @@ def expand(config, grid) -> list[tuple[str, dict, object]]:
 
 
 def show(value) -> str:
-    """A value as a --config.FIELD flag takes it."""
+    """A value as a --config.FIELD flag takes it: a tuple in parentheses."""
     return f"({','.join(map(str, value))})" if isinstance(value, tuple) else str(value)

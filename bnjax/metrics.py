@@ -213,3 +213,43 @@ class Reporter:
     def close(self) -> None:
         if self.tensorboard:
             self.tensorboard.close()
+
+
+def log_group_progress(lanes, done: int, values: list, rate: float, pace: Pace) -> None:
+    """A replica group's progress line: each live replica's loss and accuracy after its
+    number (r1, r2, ...: the order of the group's workdirs, listed when training starts)."""
+    live = [(index, value) for index, (lane, value) in enumerate(zip(lanes, values), 1)
+            if not lane.ended]
+    losses = " ".join(f"r{index} {value['loss']:.3f}" for index, value in live)
+    accuracies = " ".join(f"r{index} {value['accuracy']:.3f}" for index, value in live)
+    total = pace.total_steps
+    logging.info("step %d/%d (%.1f%%)  %d of %d replicas  loss %s  acc %s  %.0f img/s each, "
+                 "%.0f in all  eta %s", done, total, 100.0 * done / total, len(live),
+                 len(lanes), losses, accuracies, rate, rate * len(live), pace.eta(done))
+
+
+class Profiler:
+    """jax.profiler traces of the calls that run steps first..last (1-based, as logged) of
+    log.profile_steps, into `folder` (TensorBoard's profile tab, or Perfetto)."""
+
+    def __init__(self, steps: tuple, folder: str):
+        self.first, self.last = tuple(steps) or (None, None)
+        self.folder, self.tracing, self.done = folder, False, not steps
+
+    def before(self, first_step_of_call: int, last_step_of_call: int) -> None:
+        if (not self.done and not self.tracing and last_step_of_call >= self.first
+                and first_step_of_call <= self.last):
+            jax.profiler.start_trace(self.folder)
+            self.tracing = True
+
+    def after(self, last_step_of_call: int, metrics) -> None:
+        if self.tracing and last_step_of_call >= self.last:
+            jax.block_until_ready(metrics)  # the traced calls' device work belongs in the trace
+            self.close()
+
+    def close(self) -> None:
+        if self.tracing:
+            jax.profiler.stop_trace()
+            logging.info("wrote a profile of steps %d-%d to %s", self.first, self.last,
+                         self.folder)
+        self.tracing, self.done = False, True

@@ -84,7 +84,8 @@ def run_sweep(config, grid_spec: str, root: str, launcher: str, config_arg: str,
         return _print_commands(groups, config_arg, base_overrides, root, grid_spec,
                                max_replicas, only_group)
     _refuse_other_configs(root, [point for group in groups for point in group])
-    from bnjax import train  # imports jax; printing needs none of it
+    from bnjax.group import train_group  # imports jax; printing needs none of it
+    from bnjax.run import Diverged
     from bnjax.files import write_json
 
     for number, group in enumerate(groups, 1):
@@ -92,8 +93,8 @@ def run_sweep(config, grid_spec: str, root: str, launcher: str, config_arg: str,
         logging.info("sweep %d/%d: %s", number, len(groups), ", ".join(names))
         workdirs = [os.path.join(root, name) for name in names]
         try:
-            train.train_group([point for _, _, point in group], workdirs)
-        except train.Diverged as diverged:  # a point alone: recorded, and the sweep goes on
+            train_group([point for _, _, point in group], workdirs)
+        except Diverged as diverged:  # a point alone: recorded, and the sweep goes on
             logging.warning("sweep point %s diverged: %s", names[0], diverged)
             write_json(os.path.join(workdirs[0], "metrics.json"), diverged.metrics)
     aggregate(root)

@@ -2,19 +2,20 @@
 # Carry unfinished runs to the next machine through the repository. A run's folder is small (its
 # checkpoints hold the trainable BatchNorm leaves, their momentum and the seed: ~0.4 MB each
 # for ResNet-32), so a run longer than one working session travels as a tarball beside the docs
-# and resumes wherever the next session starts (`launch/reproduce.sh NAME` continues it there).
+# and resumes wherever the next session starts (`launch/studies/reproduce.sh NAME` continues it).
 #
 #   RUNS=~/bnjax-runs/reproduction bash launch/carry.sh save NAME ...     # $RUNS/NAME -> tarball
 #   RUNS=~/bnjax-runs/reproduction bash launch/carry.sh restore NAME ...  # tarball -> $RUNS/NAME
 #
-# The tarball is $CARRY/NAME.tar.gz, by default docs/reproduction/in_progress/NAME.tar.gz.
+# The tarball is $CARRY/NAME.tar.gz, by default .carried/NAME.tar.gz (kept out of docs/; delete it
+# when the run has finished and its results are committed).
 #
 # save may run while the run trains: orbax's unfinished checkpoint folders and the run's lock are
 # left out, and a checkpoint deleted mid-read is retried. restore never overwrites a run folder.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-$HOME/bnjax-runs/reproduction}
-CARRY=${CARRY:-docs/reproduction/in_progress}  # where the tarballs live, relative to the repository
+CARRY=${CARRY:-.carried}  # where the tarballs live, relative to the repository
 usage() { echo "usage: RUNS=... bash launch/carry.sh save|restore NAME ..." >&2; exit 2; }
 [[ $# -ge 2 ]] || usage
 verb=$1; shift

@@ -9,18 +9,8 @@
 # and the same command resumes.
 set -euo pipefail
 nodes=1 gpus=1 time="24:00:00" partition="" dry=0 train=()
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --nodes=*) nodes=${1#*=} ;;
-    --gpus=*) gpus=${1#*=} ;;
-    --time=*) time=${1#*=} ;;
-    --partition=*) partition=${1#*=} ;;
-    --dry-run) dry=1 ;;
-    --) shift; train=("$@"); break ;;
-    *) echo "slurm.sh: unknown option $1" >&2; exit 2 ;;
-  esac
-  shift
-done
+source "$(dirname "$0")/lib/options.sh"
+parse_options slurm.sh "nodes gpus time partition" "$@"
 case "$nodes" in
   ''|*[!0-9]*|0) echo "slurm.sh: --nodes=$nodes must be a positive number" >&2; exit 2 ;;
 esac

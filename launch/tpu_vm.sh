@@ -10,18 +10,8 @@
 set -euo pipefail
 action=${1:-}; shift || true
 name="" zone="" type="v4-8" version="tpu-ubuntu2204-base" dry=0 train=()
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --name=*) name=${1#*=} ;;
-    --zone=*) zone=${1#*=} ;;
-    --type=*) type=${1#*=} ;;
-    --version=*) version=${1#*=} ;;
-    --dry-run) dry=1 ;;
-    --) shift; train=("$@"); break ;;
-    *) echo "tpu_vm.sh: unknown option $1" >&2; exit 2 ;;
-  esac
-  shift
-done
+source "$(dirname "$0")/lib/options.sh"
+parse_options tpu_vm.sh "name zone type version" "$@"
 [ -n "$name" ] && [ -n "$zone" ] || { echo "tpu_vm.sh: --name and --zone are required" >&2; exit 2; }
 size=${type##*-}
 case "$size" in

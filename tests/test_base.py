@@ -7,9 +7,10 @@ import shutil
 import numpy as np
 import pytest
 
-from bnjax import partition, tasks, train, trained
+from bnjax import engine, partition, tasks, train, trained
 from bnjax.errors import CheckpointError, ConfigError
 from bnjax.config import validate
+from bnjax.step import compile_steps
 
 
 @pytest.fixture(scope="module")
@@ -111,12 +112,17 @@ def test_a_base_of_another_model_or_a_missing_file_is_refused_before_training(
         train.build_run(tiny_config)
 
 
-def test_tasks_share_a_base_and_a_bundle_keeps_it(tiny_config, tmp_path, base_export,
-                                                  image_folder):
+def test_tasks_share_a_base_its_program_and_a_bundle_keeps_it(tiny_config, tmp_path,
+                                                             base_export, image_folder,
+                                                             monkeypatch):
     tiny_config.train.mode = "bn_output"
     tiny_config.model.base = base_export
     tiny_config.data.tasks = f"a={image_folder};b={image_folder}"
+    compiled = []
+    monkeypatch.setattr(engine, "compile_steps",
+                        lambda *args: compiled.append(args) or compile_steps(*args))
     results = train.train_tasks(tiny_config, str(tmp_path / "tasks"))
+    assert len(compiled) == 1  # two tasks of equal shapes: one training program
     bundle = str(tmp_path / "tasks.bnjax")
     trained.export_workdir(str(tmp_path / "tasks"), bundle)
     for result in trained.evaluate_tasks(bundle):

@@ -50,13 +50,15 @@ def test_bench_times_replicas_in_either_layout(layout, same_seed):
 def test_gpu_check_dry_run_plans_the_cost_model_rows(tmp_path):
     """--dry-run on the CPU: every command the GPU check would run, and the comparison with
     the cost model (no measurements: the predicted rows only)."""
-    script = os.path.join(REPO, "launch", "gpu_check.sh")
+    script = os.path.join(REPO, "launch", "performance", "gpu_check.sh")
     result = subprocess.run(["bash", script, "--dry-run"], capture_output=True, text=True,
                             env={**os.environ, "RESULTS": str(tmp_path)}, timeout=120)
     assert result.returncode == 0, result.stderr
     plan = open(tmp_path / "plan.txt").read().splitlines()
     benches = [line for line in plan if " bnjax bench " in line]
-    assert len(benches) == 11 and sum(" bnjax train " in line for line in plan) == 1
+    assert len(benches) == 11 and sum(" bnjax train " in line for line in plan) == 5
+    tasks = [line for line in plan if "--config.data.tasks=" in line]
+    assert [line.split("data.tasks=")[1].count(";") for line in tasks] == [1, 3, 10, 30]
     for depth in (20, 56, 110):
         for dtype in ("float32", "bfloat16"):
             assert any(f"cifar_resnet_{depth} --config.model.dtype={dtype}" in line
@@ -92,7 +94,7 @@ def test_apply_defaults_sets_flags_that_xla_accepts(tmp_path):
 def test_cost_model_predicts_and_compares(tmp_path):
     import importlib.util
     spec = importlib.util.spec_from_file_location(
-        "cost_model", os.path.join(REPO, "launch", "cost_model.py"))
+        "cost_model", os.path.join(REPO, "launch", "performance", "cost_model.py"))
     cost_model = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cost_model)
     row = {"model": "cifar_resnet_20", "mode": "bn", "batch": 128, "flops_per_image": 1.5e8,

@@ -19,8 +19,8 @@ def launch(script, *args):
 
 
 def launch_script(name: str):
-    """A Python script of launch/, imported as a module (its siblings importable)."""
-    sys.path.insert(0, os.path.join(REPO, "launch"))
+    """A Python script of launch/studies/, imported as a module (its siblings importable)."""
+    sys.path.insert(0, os.path.join(REPO, "launch", "studies"))
     try:
         return importlib.import_module(name)
     finally:
@@ -93,7 +93,7 @@ def test_unknown_option_is_an_error():
 
 
 def test_hyperparameter_screen_lists_its_points_and_refuses_unknown_ones():
-    listed = launch("hyperparameter_screen.sh", "--list")
+    listed = launch("studies/hyperparameter_screen.sh", "--list")
     assert listed.returncode == 0, listed.stderr
     lines = listed.stdout.splitlines()
     assert len(lines) == 20
@@ -102,7 +102,7 @@ def test_hyperparameter_screen_lists_its_points_and_refuses_unknown_ones():
                                "--config=configs/cifar10.py:cifar_resnet_14")
     adam = [line for line in lines if line.startswith("adam:")][0]
     assert "bnjax sweep --grid=train.optimizer=adam;train.lr=0.001,0.01,0.03 --replicas=3" in adam
-    unknown = launch("hyperparameter_screen.sh", "sgd_lr42")
+    unknown = launch("studies/hyperparameter_screen.sh", "sgd_lr42")
     assert unknown.returncode == 2 and "unknown point 'sgd_lr42'" in unknown.stderr
 
 

@@ -236,8 +236,8 @@ def test_float32_gradients_at_initialisation_are_as_accurate_as_pytorchs(torch_r
                                                                          tmp_path):
     """At the paper's initial state (betas 0) on 128 CIFAR-10 test images, against the float64
     reference, measured by the relative L2 error per role. Over the 50 cases of
-    launch/gradient_accuracy.py (PyTorch fed contiguous NCHW input, as open_lth's loaders
-    give) neither framework is the more accurate: bnjax's error over PyTorch's has a median
+    launch/performance/gradient_accuracy.py (PyTorch fed contiguous NCHW input, as open_lth's
+    loaders give) neither framework is the more accurate: bnjax's error over PyTorch's has a median
     near 1 and single cases up to about 8x either way (docs/PERFORMANCE.md). So this one case
     (where bnjax's beta error is 2.9x PyTorch's) checks that bnjax stays within that spread
     and below 1% relative error: a broken gradient is orders of magnitude off."""

@@ -1,4 +1,4 @@
-"""Replica groups (bnjax.replicas, bnjax.engine, train.train_group): several runs as
+"""Replica groups (bnjax.replicas, bnjax.engine, train_group): several runs as
 one vmapped program, each equal to the same run trained alone up to float rounding."""
 import json
 import os
@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from bnjax import checkpoint, engine, partition, replicas, sweep, train, trained
+from bnjax.group import train_group
 from bnjax.config import validate
 from bnjax.errors import ConfigError
 
@@ -60,7 +61,7 @@ def test_each_replica_equals_its_run_alone(config, tmp_path, monkeypatch, vary, 
         configs = [_variant(config, model__bn_init=init) for init in ("uniform", "fixed")]
         configs[1].seed = 3
     group_dirs = [str(tmp_path / f"group{i}") for i in range(len(configs))]
-    grouped = train.train_group(configs, group_dirs)
+    grouped = train_group(configs, group_dirs)
     for index, point in enumerate(configs):
         alone_dir = str(tmp_path / f"alone{index}")
         alone = train.train_and_evaluate(point, alone_dir)
@@ -122,7 +123,7 @@ def test_a_diverging_replica_ends_alone_and_nothing_non_finite_is_saved(config, 
     calls = _poison(monkeypatch, bad_lr=0.2, from_step=7)
     good, bad = _variant(config, train__lr=0.05), _variant(config, train__lr=0.2)
     dirs = [str(tmp_path / "good"), str(tmp_path / "bad")]
-    metrics = train.train_group([good, bad], dirs)
+    metrics = train_group([good, bad], dirs)
     assert metrics[0]["status"] == "finished" and len(metrics[0]["history"]) == 7
     diverged = json.load(open(os.path.join(dirs[1], "metrics.json")))
     assert diverged["status"] == "diverged" and diverged["test_accuracy"] is None
@@ -141,7 +142,7 @@ def test_a_diverging_replica_ends_alone_and_nothing_non_finite_is_saved(config, 
                                                           "bad": "diverged"}
     assert "diverged" in open(tmp_path / "results.md").read()
     # a rerun of the group has nothing left to do
-    again = train.train_group([good, bad], dirs)
+    again = train_group([good, bad], dirs)
     assert [m["status"] for m in again] == ["finished", "diverged"]
 
 
@@ -162,7 +163,7 @@ def test_a_stopped_group_resumes_exactly_even_when_one_replica_missed_a_save(
     configs = [_variant(config, train__lr=lr, train__momentum=m, train__beta_lr_scale=s)
                for lr, m, s in ((0.05, 0.9, 1.0), (0.2, 0.5, 3.0))]
     with caplog.at_level("INFO"):
-        reference = train.train_group(configs, [str(tmp_path / f"ref{i}") for i in range(2)])
+        reference = train_group(configs, [str(tmp_path / f"ref{i}") for i in range(2)])
     progress = [record.getMessage() for record in caplog.records
                 if "of 2 replicas" in record.getMessage()]
     assert len(progress) == 21 and progress[0].endswith("eta --")  # its window compiled
@@ -170,7 +171,7 @@ def test_a_stopped_group_resumes_exactly_even_when_one_replica_missed_a_save(
     assert progress[-1].startswith("step 21/21") and progress[-1].endswith("eta 0m00s")
     dirs = [str(tmp_path / f"run{i}") for i in range(2)]
     with pytest.raises(train.Interrupted):
-        train.train_group(configs, dirs, stop_at_step=8)
+        train_group(configs, dirs, stop_at_step=8)
     # as if killed while saving: replica 1 lacks the newest step. It catches up from step 6;
     # replica 0's step 8 stays.
     manager = checkpoint.open_manager(dirs[1], configs[1].checkpoint)
@@ -179,7 +180,7 @@ def test_a_stopped_group_resumes_exactly_even_when_one_replica_missed_a_save(
     manager.close()
     caplog.clear()
     with caplog.at_level("INFO"):
-        resumed = train.train_group(configs, dirs)
+        resumed = train_group(configs, dirs)
     assert any(f"{dirs[1]} trains from step 6 to step 8 first" in record.getMessage()
                for record in caplog.records)
     for index in range(2):
@@ -204,7 +205,7 @@ def test_a_run_stopped_alone_joins_a_group_where_it_stopped(config, tmp_path, ca
         train.train_and_evaluate(ahead, dirs[0], stop_at_step=12)
     first_lines = open(os.path.join(dirs[0], "train_log.jsonl")).read().splitlines()
     with caplog.at_level("INFO"):
-        together = train.train_group([ahead, new], dirs)
+        together = train_group([ahead, new], dirs)
     messages = [record.getMessage() for record in caplog.records]
     assert any(f"{dirs[1]} trains from step 0 to step 12 first" in m for m in messages)
     assert any(f"{dirs[0]} (checkpoint step 12)" in m or "resuming from the checkpoint at "

@@ -264,11 +264,12 @@ def test_a_sweep_over_models_draws_accuracy_against_trainable_parameters(tmp_pat
 
 
 def test_the_epochs_table_lists_each_runs_accuracy_after_every_epoch(tmp_path):
-    """launch/epoch_table.py's table: runs by model then mode, one column per epoch, the last
-    in bold; a run with fewer epochs leaves its cells blank."""
+    """launch/studies/epoch_table.py's table: runs by model then mode, one column per epoch,
+    the last in bold; a run with fewer epochs leaves its cells blank."""
     import sys
 
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "launch"))
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "launch",
+                                    "studies"))
     try:
         import epoch_table
     finally:

@@ -10,7 +10,7 @@ bias, gamma U[0,1), beta 0) under torch seeds. The exact gradient is PyTorch's i
 same float32 inputs; both frameworks' float32 gradients are measured against it by the relative
 L2 error over each role (BatchNorm betas, gammas, every convolution kernel entry).
 
-    python launch/gradient_accuracy.py --cifar=../shared/data/cifar10-jpeg.tar.gz \
+    python launch/performance/gradient_accuracy.py --cifar=../shared/data/cifar10-jpeg.tar.gz \
         --draws=5 --batches=5 --out=docs/performance/gradient_accuracy.jsonl
 
 Needs torch (2.13.0 CPU was used) beside bnjax.
@@ -32,8 +32,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                "tests", "fixtures"))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(REPO, "tests", "fixtures"))
 import make_torch_reference as ref  # noqa: E402
 import reference_inputs  # noqa: E402
 

@@ -4,9 +4,9 @@
 # row 2 epochs with the lr /10 after 1.5. Two sweeps, resumable: run the script again after an
 # interruption. Measured: 2.5 hours of wall time on the 2-core CPU, sharing it with other
 # trainings (docs/NORMS.md).
-#   RUNS=~/bnjax-runs DATA=../shared/data/cifar10-jpeg.tar.gz bash launch/norms_table.sh
+#   RUNS=~/bnjax-runs DATA=../shared/data/cifar10-jpeg.tar.gz bash launch/studies/norms_table.sh
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 RUNS=${RUNS:-$HOME/bnjax-runs}
 DATA=${DATA:-../shared/data/cifar10-jpeg.tar.gz}
 COMMON=(--config.data.source="$DATA" --config.train.steps_per_call=10)

@@ -1,6 +1,6 @@
 """Time (and optionally profile) the gradient of a CIFAR ResNet's loss on this machine.
 
-    python launch/profile_step.py [--model=cifar_resnet_20] [--batch=128] [--profile]
+    python launch/performance/profile_step.py [--model=cifar_resnet_20] [--batch=128] [--profile]
 
 Prints the median ms of the forward pass, the BN-only gradient and the full gradient (the A/B
 figures in docs/PERFORMANCE.md); with --profile, the XLA ops that took the most time in three

@@ -5,11 +5,11 @@
 # same command continues the screen after any stop. A point that diverges is recorded as such.
 #
 #   RUNS=~/bnjax-runs/study/screen DATA=../shared/data/cifar10-jpeg.tar.gz \
-#     bash launch/hyperparameter_screen.sh [NAME ...]   # default: every point, in this order
-#   bash launch/hyperparameter_screen.sh --list         # the names and their flags
+#     bash launch/studies/hyperparameter_screen.sh [NAME ...]   # default: every point, in this order
+#   bash launch/studies/hyperparameter_screen.sh --list         # the names and their flags
 # Two of these at once (say, NAMEs split in two halves) use both cores of a 2-core machine.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 RUNS=${RUNS:-$HOME/bnjax-runs/study/screen}
 DATA=${DATA:-../shared/data/cifar10-jpeg.tar.gz}
 COMMON=(--config=configs/cifar10.py:cifar_resnet_14 --config.data.source="$DATA"

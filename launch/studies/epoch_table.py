@@ -1,7 +1,7 @@
 """The short-budget table of docs/REPRODUCTION.md: a line per run of a sweep's root, with its
 test accuracy after every epoch (from each run's metrics.json history).
 
-    python launch/epoch_table.py --runs=~/bnjax-runs/cifar10_3ep
+    python launch/studies/epoch_table.py --runs=~/bnjax-runs/cifar10_3ep
 """
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ of one block's normalisation layers (bn1, bn2, shortcut_bn), printed as a markdo
 test accuracy with one column per export. `bnjax analyze --by_layer` gives the single layers,
 `--by_block` all of them together.
 
-    python launch/layer_combinations.py --block=stage2_block0 --fraction=0.5 \
+    python launch/studies/layer_combinations.py --block=stage2_block0 --fraction=0.5 \
       --export=docs/reproduction/r14_bn_20.bnjax,docs/reproduction/r14_32_bn_20.bnjax \
       --data_source=../shared/data/cifar10-jpeg.tar.gz
 """

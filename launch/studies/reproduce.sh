@@ -5,10 +5,10 @@
 # Each finished run is exported to $RUNS/<name>.bnjax (its seed plus its BatchNorm parameters).
 #
 #   RUNS=~/bnjax-runs/reproduction DATA=../shared/data/cifar10-jpeg.tar.gz \
-#     bash launch/reproduce.sh [NAME ...]        # default: every run, in the order below
-#   bash launch/reproduce.sh --list              # the names and their flags
+#     bash launch/studies/reproduce.sh [NAME ...]        # default: every run, in the order below
+#   bash launch/studies/reproduce.sh --list              # the names and their flags
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 RUNS=${RUNS:-$HOME/bnjax-runs/reproduction}
 DATA=${DATA:-../shared/data/cifar10-jpeg.tar.gz}
 # Ten steps per compiled call: the fastest setting measured on the 2-core CPU (docs/REPRODUCTION.md).
@@ -25,7 +25,7 @@ declare -A FLAGS=(
   # deeper against wider at equal BatchNorm counts, at the budget curve's 20 epochs (r14_bn_20
   # is their shared point): ResNet-32 (2,464 BN parameters) against ResNet-14 of width 32
   # (2,240), ResNet-56 (4,256) against ResNet-14 of width 64 (4,480); plotted and tabled by
-  # launch/depth_width.py
+  # launch/studies/depth_width.py
   [r32_bn_20]="--config=configs/cifar10.py:cifar_resnet_32 --config.train.epochs=20 --config.train.lr_milestones=(10,15)"
   [r14_32_bn_20]="--config=configs/cifar10.py:cifar_resnet_14_32 --config.train.epochs=20 --config.train.lr_milestones=(10,15)"
   [r56_bn_20]="--config=configs/cifar10.py:cifar_resnet_56 --config.train.epochs=20 --config.train.lr_milestones=(10,15)"

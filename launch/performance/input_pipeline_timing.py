@@ -5,7 +5,7 @@ bnjax.data.streamed.train_transform) or the evaluation one, on one thread.
 The JPEGs are made here, ImageNet-like: 500x375 (about ImageNet's mean size), quality 90, from
 CIFAR-10 images upscaled with a little noise so that they hold texture, not flat colour.
 
-    python launch/input_pipeline_timing.py --cifar=../shared/data/cifar10-jpeg.tar.gz
+    python launch/performance/input_pipeline_timing.py --cifar=../shared/data/cifar10-jpeg.tar.gz
 """
 from __future__ import annotations
 

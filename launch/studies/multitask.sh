@@ -6,14 +6,17 @@
 #   none       nothing but the running statistics (AdaBN)
 #   all        every weight
 #   init_D     bn_output with model.init=D (kaiming_uniform, orthogonal, binary)
+#   on_base    bn_output on the backbone trained by all/cifar10 (exported as
+#              $RUNS/base_all_cifar10.bnjax, named by model.base), the three tasks as one program
+#              (data.tasks); its bundle is $RUNS/on_base.bnjax
 # Every run resumes from its last checkpoint when this script is started again; a finished run is
 # left as it is and exported to $RUNS/<method>/<task>.bnjax. The last step bundles the bn_output
 # exports of one seed into $RUNS/bn_output.bnjax (bnjax bundle).
 #
-#   RUNS=~/bnjax-runs/multitask DATA=../shared/data bash launch/multitask.sh [METHOD/TASK ...]
-#   bash launch/multitask.sh --list
+#   RUNS=~/bnjax-runs/multitask DATA=../shared/data bash launch/studies/multitask.sh [METHOD/TASK ...]
+#   bash launch/studies/multitask.sh --list
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 RUNS=${RUNS:-$HOME/bnjax-runs/multitask}
 DATA=${DATA:-../shared/data}
 declare -A SOURCE=([cifar10]=cifar10-jpeg.tar.gz [fashion-mnist]=fashion-mnist-png.tar.gz
@@ -25,16 +28,22 @@ declare -A METHOD=([bn_output]="--config.train.mode=bn_output" [output]="--confi
 for init in kaiming_uniform orthogonal binary; do
   METHOD[init_$init]="--config.train.mode=bn_output --config.model.init=$init"
 done
-ORDER=()
-for method in bn_output all output none; do
+ORDER=(bn_output/mnist-5k bn_output/fashion-mnist bn_output/cifar10 all/mnist-5k all/cifar10
+       on_base all/fashion-mnist)
+for method in output none; do
   for task in mnist-5k fashion-mnist cifar10; do ORDER+=("$method/$task"); done
 done
 for init in orthogonal binary kaiming_uniform; do
   for task in fashion-mnist cifar10; do ORDER+=("init_$init/$task"); done
 done
 
+ON_BASE=(--config.train.mode=bn_output --config.model.base="$RUNS/base_all_cifar10.bnjax"
+         "--config.data.tasks=$(for task in cifar10 fashion-mnist mnist-5k; do
+                                  printf '%s=%s;' $task "$DATA/${SOURCE[$task]}"; done)")
+
 if [[ "${1:-}" == "--list" ]]; then
   for name in "${ORDER[@]}"; do
+    if [[ $name == on_base ]]; then echo "on_base: ${ON_BASE[*]} ${COMMON[*]}"; continue; fi
     echo "$name: ${METHOD[${name%/*}]} --config.data.source=$DATA/${SOURCE[${name#*/}]} ${COMMON[*]}"
   done
   exit 0
@@ -42,11 +51,19 @@ fi
 names=("$@")
 [[ ${#names[@]} -gt 0 ]] || names=("${ORDER[@]}")
 for name in "${names[@]}"; do
-  [[ -n "${METHOD[${name%/*}]:-}" && -n "${SOURCE[${name#*/}]:-}" ]] || {
+  [[ $name == on_base || ( -n "${METHOD[${name%/*}]:-}" && -n "${SOURCE[${name#*/}]:-}" ) ]] || {
     echo "unknown run '$name'; see --list" >&2; exit 2; }
 done
 
 for name in "${names[@]}"; do
+  if [[ $name == on_base ]]; then  # needs all/cifar10 finished
+    echo "== on_base ($(date -u +%FT%TZ))"
+    [[ -f "$RUNS/base_all_cifar10.bnjax" ]] ||
+      bnjax export --workdir="$RUNS/all/cifar10" --out="$RUNS/base_all_cifar10.bnjax"
+    bnjax train "${COMMON[@]}" "${ON_BASE[@]}" --workdir="$RUNS/on_base"
+    bnjax export --workdir="$RUNS/on_base" --out="$RUNS/on_base.bnjax"
+    continue
+  fi
   method=${name%/*} task=${name#*/}
   echo "== $name ($(date -u +%FT%TZ))"
   mkdir -p "$RUNS/$method"

@@ -4,9 +4,9 @@
 # group shares (one process start, one data load, one compile per group) against what it does
 # not (the arithmetic). Prints each sweep's wall time and each point's test accuracy in both.
 #
-#   bash launch/replica_sweep_timing.sh [LARGER_GRID_FLAGS ...]
+#   bash launch/performance/replica_sweep_timing.sh [LARGER_GRID_FLAGS ...]
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 WORK=$(mktemp -d)
 python - "$WORK/images" <<'PY'
 import os, sys

@@ -4,9 +4,9 @@
 # torch BN-only, bnjax BN-only, torch full, bnjax full, torch eval; then bnjax BN-only with
 # XLA:CPU's oneDNN flag. One JSON line per measurement goes to $OUT (default perf.jsonl).
 # BNJAX_FLAGS adds config flags to every bnjax bench (e.g. --config.train.steps_per_call=10).
-#   TORCH_PY=/tmp/torchref/bin/python bash launch/bench_vs_torch.sh
+#   TORCH_PY=/tmp/torchref/bin/python bash launch/performance/bench_vs_torch.sh
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 OUT=${OUT:-perf.jsonl}
 TORCH_PY=${TORCH_PY:-/tmp/torchref/bin/python}
 PEER=${PEER:-../shared/bench/torch_reference.py}

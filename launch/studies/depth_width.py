@@ -1,8 +1,8 @@
 """Deeper against wider at equal BatchNorm counts (docs/REPRODUCTION.md): the 20-epoch BN-only
-runs of launch/reproduce.sh, drawn as accuracy against BatchNorm parameters with one line for
-depth and one for width (the paper's Figure 3 shape), and printed as a markdown table.
+runs of launch/studies/reproduce.sh, drawn as accuracy against BatchNorm parameters with one
+line for depth and one for width (the paper's Figure 3 shape), and printed as a markdown table.
 
-    python launch/depth_width.py --runs=~/bnjax-runs/reproduction \
+    python launch/studies/depth_width.py --runs=~/bnjax-runs/reproduction \
       --out=docs/reproduction/depth_width.png
 
 A run is read from --runs/<name>/metrics.json, or, where that folder is not on this machine,
@@ -11,9 +11,8 @@ named.
 """
 from __future__ import annotations
 
-import argparse
-import os
-
+import figure_script
+from figure_script import SHIPPED
 from paper_numbers import paper_cell
 
 from bnjax import figures, results, tables
@@ -22,8 +21,6 @@ from bnjax.models import parse_name
 # ResNet-14 is the shared point; ResNet-32 (2,464 BN parameters) against ResNet-14 of width 32
 # (2,240); ResNet-56 (4,256) against ResNet-14 of width 64 (4,480)
 RUNS = ("r14_bn_20", "r32_bn_20", "r56_bn_20", "r14_32_bn_20", "r14_64_bn_20")
-SHIPPED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                       "docs", "reproduction")
 
 
 def load(runs: str, shipped: str = SHIPPED) -> tuple[list[dict], list[str]]:
@@ -44,23 +41,10 @@ def table(rows: list[dict]) -> str:
                             "paper, 160 epochs (%)", "wall time", "img/s", "run"], body)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", default=os.path.expanduser("~/bnjax-runs/reproduction"))
-    parser.add_argument("--out", default="docs/reproduction/depth_width.png")
-    args = parser.parse_args()
-    rows, missing = load(os.path.expanduser(args.runs))
-    if len(rows) < 2:
-        raise SystemExit(f"need at least two finished runs of {', '.join(RUNS)} under "
-                         f"{args.runs} (or shipped in {SHIPPED}); found {len(rows)}. Run them "
-                         "with launch/reproduce.sh first.")
-    figures.depth_against_width(rows, args.out,
-                                "BN only, 20 epochs (lr /10 at 10 and 15), seed 0")
-    print(table(rows))
-    if missing:
-        print(f"\nnot finished yet: {', '.join(missing)}")
-    print(f"wrote {args.out}")
+def plot(rows: list[dict], out: str) -> None:
+    figures.depth_against_width(rows, out, "BN only, 20 epochs (lr /10 at 10 and 15), seed 0")
 
 
 if __name__ == "__main__":
-    main()
+    figure_script.main(__doc__, "docs/reproduction/depth_width.png", load, plot, table,
+                       at_least=2, needed=", ".join(RUNS))

@@ -2,7 +2,7 @@
 test accuracy after every epoch, and the final accuracy against depth beside the paper's and a
 PyTorch reproduction's, drawn side by side and printed as a markdown table.
 
-    python launch/full_budget.py --runs=~/bnjax-runs/reproduction \
+    python launch/studies/full_budget.py --runs=~/bnjax-runs/reproduction \
       --out=docs/reproduction/full_budget.png
 
 A run is read from --runs/<name>/metrics.json, or, where that folder is not on this machine,
@@ -11,9 +11,7 @@ named.
 """
 from __future__ import annotations
 
-import argparse
-import os
-
+import figure_script
 import matplotlib
 
 matplotlib.use("Agg")
@@ -21,12 +19,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 from paper_numbers import (PAPER_BN_ONLY_160, PYTORCH_BN_ONLY_160, paper_cell,  # noqa: E402
                            pytorch_cell)
 
+from figure_script import SHIPPED  # noqa: E402
+
 from bnjax import results, tables  # noqa: E402
 from bnjax.models import parse_name  # noqa: E402
 
 RUNS = ("r14_bn_160", "r20_bn_160", "r32_bn_160")
-SHIPPED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                       "docs", "reproduction")
 
 
 def load(runs: str, shipped: str = SHIPPED) -> tuple[list[dict], list[str]]:
@@ -84,21 +82,6 @@ def plot(rows: list[dict], out: str) -> None:
     plt.close(figure)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", default=os.path.expanduser("~/bnjax-runs/reproduction"))
-    parser.add_argument("--out", default="docs/reproduction/full_budget.png")
-    args = parser.parse_args()
-    rows, missing = load(os.path.expanduser(args.runs))
-    if not rows:
-        raise SystemExit(f"no finished run of {', '.join(RUNS)} under {args.runs} (or shipped "
-                         f"in {SHIPPED}); run them with launch/reproduce.sh first")
-    plot(rows, args.out)
-    print(table(rows))
-    if missing:
-        print(f"\nnot finished yet: {', '.join(missing)}")
-    print(f"wrote {args.out}")
-
-
 if __name__ == "__main__":
-    main()
+    figure_script.main(__doc__, "docs/reproduction/full_budget.png", load, plot, table,
+                       needed=", ".join(RUNS))

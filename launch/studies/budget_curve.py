@@ -1,9 +1,10 @@
 """The budget curve of docs/REPRODUCTION.md: final test accuracy of BN-only ResNet-14 against the
 epochs it trained (each budget with its lr drops at 50% and 75%), beside the 160-epoch run's
-per-epoch test accuracy, from the runs of launch/reproduce.sh, with the ResNet-14 BN-only rows of
-the short-budget tables committed in docs/ (3 epochs in REPRODUCTION.md, 2 in NORMS.md) marked.
+per-epoch test accuracy, from the runs of launch/studies/reproduce.sh, with the ResNet-14
+BN-only rows of the short-budget tables committed in docs/ (3 epochs in REPRODUCTION.md, 2 in
+NORMS.md) marked.
 
-    python launch/budget_curve.py --runs=~/bnjax-runs/reproduction \
+    python launch/studies/budget_curve.py --runs=~/bnjax-runs/reproduction \
       --out=docs/reproduction/budget_curve.png
 
 A run is read from --runs/r14_bn_<epochs>/metrics.json, or, where that folder is not on this
@@ -11,20 +12,20 @@ machine, from the shipped docs/reproduction/r14_bn_<epochs>.metrics.json.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import os
 
+import figure_script
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from figure_script import REPO, SHIPPED  # noqa: E402
+
 from bnjax import results  # noqa: E402
 
 BUDGETS = (2, 3, 5, 10, 20, 40, 160)
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHIPPED = os.path.join(REPO, "docs", "reproduction")
 # (results.csv of a committed short-budget table, legend label); its ResNet-14 BN-only
 # BatchNorm row is marked
 SHORT_TABLES = (("docs/reproduction/results.csv", "3-epoch table (lr /10 at 2/3)"),
@@ -76,21 +77,14 @@ def plot(found: dict, out: str) -> None:
     figure.savefig(out, dpi=120)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", default=os.path.expanduser("~/bnjax-runs/reproduction"))
-    parser.add_argument("--out", default="docs/reproduction/budget_curve.png")
-    args = parser.parse_args()
-    found = load(os.path.expanduser(args.runs))
-    if not found:
-        raise SystemExit(f"no finished r14_bn_<epochs> run in {args.runs} (or shipped in "
-                         f"{SHIPPED}); run them with launch/reproduce.sh first")
-    plot(found, args.out)
-    for epochs, metrics in sorted(found.items()):
-        print(f"{epochs:>4} epochs  test accuracy {100 * metrics['test_accuracy']:.2f}%  "
-              f"({metrics['wall_time_s'] / 3600:.2f} h, {metrics['train_images_per_s']:.0f} img/s)")
-    print(f"wrote {args.out}")
+def table(found: dict) -> str:
+    return "\n".join(f"{epochs:>4} epochs  test accuracy {100 * metrics['test_accuracy']:.2f}%  "
+                     f"({metrics['wall_time_s'] / 3600:.2f} h, "
+                     f"{metrics['train_images_per_s']:.0f} img/s)"
+                     for epochs, metrics in sorted(found.items()))
 
 
 if __name__ == "__main__":
-    main()
+    figure_script.main(__doc__, "docs/reproduction/budget_curve.png",
+                       lambda runs: (load(runs), []), plot, table,
+                       needed="r14_bn_<epochs> (launch/studies/reproduce.sh --list)")

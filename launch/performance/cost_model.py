@@ -16,9 +16,10 @@ never faster than a floor of LAUNCH_US per kernel allows; the predicted wall tim
 outlasts that floor, and if not, how many replicas (vmap) would. The bytes are shown, not used:
 against a published GPU rate (CALIBRATION) they overstate a GPU's traffic several times.
 
-    python launch/cost_model.py --results=docs/performance/cost_model.jsonl [--table_only]
-    python launch/cost_model.py --results=docs/performance/cost_model.jsonl \
-        --compare=gpu_results/summary.jsonl --device=H200   # after launch/gpu_check.sh
+    python launch/performance/cost_model.py --results=docs/performance/cost_model.jsonl \
+        [--table_only]
+    python launch/performance/cost_model.py --results=docs/performance/cost_model.jsonl \
+        --compare=gpu_results/summary.jsonl --device=H200  # after launch/performance/gpu_check.sh
 
 Compiling the deepest models on this CPU takes minutes (ResNet-866: about ten); --models picks
 fewer.
@@ -139,8 +140,8 @@ def table(rows: list) -> str:
 
 
 def compare(rows: list, summary: str, device: str) -> str:
-    """A line per bench of launch/gpu_check.sh's summary.jsonl: measured against predicted
-    images/s (float32 and bfloat16 runs are both held to the bfloat16 peak)."""
+    """A line per bench of launch/performance/gpu_check.sh's summary.jsonl: measured against
+    predicted images/s (float32 and bfloat16 runs are both held to the bfloat16 peak)."""
     costs = {(row["model"], row["mode"]): row for row in rows}
     header = ["model", "mode", "dtype", "per call", "replicas", "measured img/s",
               f"predicted at {int(100 * UTILISATIONS[0])}%", "measured / predicted"]
@@ -171,8 +172,8 @@ def main() -> None:
     parser.add_argument("--results", required=True, help="JSON lines, one row per model/mode")
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--modes", default=",".join(MODES))
-    parser.add_argument("--compare", help="a summary.jsonl of launch/gpu_check.sh: measured "
-                        "against predicted, from the rows already in --results")
+    parser.add_argument("--compare", help="a summary.jsonl of launch/performance/gpu_check.sh: "
+                        "measured against predicted, from the rows already in --results")
     parser.add_argument("--device", default="H200", choices=list(DEVICES))
     parser.add_argument("--table_only", action="store_true",
                         help="print the rows already in --results; measure none")

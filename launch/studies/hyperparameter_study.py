@@ -1,6 +1,6 @@
 """The tables and the heat map of docs/HYPERPARAMETERS.md, from the study's run folders.
 
-    python launch/hyperparameter_study.py --runs=~/bnjax-runs/study/screen \
+    python launch/studies/hyperparameter_study.py --runs=~/bnjax-runs/study/screen \
         --out=docs/hyperparameters/screen
 
 Reads every finished (or diverged) run under --runs (bnjax.results.collect) and writes, in --out:

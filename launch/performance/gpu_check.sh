@@ -1,24 +1,28 @@
 #!/usr/bin/env bash
-# One unattended accelerator check, at most 8 minutes on one GPU (11 benches of <= 35 s and one
-# training of <= 40 s), measuring the rows of docs/PERFORMANCE.md's cost model that fit:
+# One unattended accelerator check, at most 10 minutes on one GPU (11 benches of <= 35 s, one
+# training of <= 40 s and the K-task runs, <= 30 s each but the last 60), measuring the rows of docs/PERFORMANCE.md's cost model that fit:
 # `bnjax bench` of ResNet-20/56/110 BN-only in float32 and bfloat16 (ten steps per call, the
 # CIFAR default), ResNet-20 BN-only bfloat16 at one step per call, ResNet-20 all parameters,
 # ResNet-20 BN-only bfloat16 as 4, 16 and 64 replicas of one program (vmap), and a short real
-# BN-only training of ResNet-20 in bfloat16. Figures go to $RESULTS (default gpu_results/): a
+# BN-only training of ResNet-20 in bfloat16, and K = 1, 3, 10, 30 tasks of CIFAR-10 size on one
+# frozen backbone (`data.tasks`, each task its own copy of the data, TASK_STEPS steps each: the
+# wall time of K tasks in one process against K times the one task's). Figures go to $RESULTS (default gpu_results/): a
 # file per command, summary.jsonl with every bench's JSON line and the training's metrics, and
-# compare.md, measured against the cost model's prediction for an H200 (launch/cost_model.py).
+# compare.md, measured against the cost model's prediction for an H200
+# (launch/performance/cost_model.py).
 #
-#   DATA=../shared/data/cifar10-jpeg.tar.gz bash launch/gpu_check.sh
-#   bash launch/gpu_check.sh --dry-run   # on any machine: the commands it would run, no run
+#   DATA=../shared/data/cifar10-jpeg.tar.gz bash launch/performance/gpu_check.sh
+#   bash launch/performance/gpu_check.sh --dry-run  # any machine: the commands it would run
 # Needs bnjax installed with a CUDA jax (pip install -e . "jax[cuda12]").
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 DRY_RUN=0
 [[ "${1:-}" == "--dry-run" ]] && DRY_RUN=1
 RESULTS=${RESULTS:-gpu_results}
 DATA=${DATA:-../shared/data/cifar10-jpeg.tar.gz}
 BENCH_SECONDS=${BENCH_SECONDS:-35}
 TRAIN_SECONDS=${TRAIN_SECONDS:-40}   # the training is cut off (SIGTERM, a checkpoint) after this
+TASK_STEPS=${TASK_STEPS:-100}        # each task of the K-task runs stops (saved) at this step
 DEVICE=${DEVICE:-H200}
 mkdir -p "$RESULTS"
 summary="$RESULTS/summary.jsonl"
@@ -73,6 +77,18 @@ m.pop('history'); print(json.dumps(m))" "$workdir/metrics.json" >> "$summary"
   tail -n 3 "$workdir/train_log.jsonl" >> "$summary" 2>/dev/null
 fi
 
-python launch/cost_model.py --results=docs/performance/cost_model.jsonl --compare="$summary" \
-  --device="$DEVICE" > "$RESULTS/compare.md" && cat "$RESULTS/compare.md"
+for k in 1 3 10 30; do  # K tasks on one backbone, one process; the copies differ only in name
+  tasks=$(for i in $(seq "$k"); do printf 't%s=%s;' "$i" "$DATA"; done)
+  started=$(date +%s.%N)
+  run timeout -s TERM $(( k == 30 ? 60 : 30 )) bnjax train \
+    --config=configs/cifar10.py:cifar_resnet_20 --workdir="$RESULTS/tasks_$k" \
+    --config.model.dtype=bfloat16 --config.train.mode=bn_output "--config.data.tasks=$tasks" \
+    --stop_at_step="$TASK_STEPS" > "$RESULTS/tasks_$k.log" 2>&1
+  status=$?
+  (( DRY_RUN )) || echo "{\"tasks\": $k, \"steps_each\": $TASK_STEPS, \"exit\": $status, \
+\"wall_s\": $(echo "$(date +%s.%N) - $started" | bc)}" >> "$summary"
+done
+
+python launch/performance/cost_model.py --results=docs/performance/cost_model.jsonl \
+  --compare="$summary" --device="$DEVICE" > "$RESULTS/compare.md" && cat "$RESULTS/compare.md"
 (( DRY_RUN )) || date -u +"finished %Y-%m-%dT%H:%M:%SZ" | tee -a "$RESULTS/info.txt"
