@@ -127,7 +127,7 @@ def _config():
 
 
 def cmd_train() -> None:
-    from bnjax import distributed, train  # imports jax: keep `bnjax --help` instant
+    from bnjax import distributed, multitask, train  # imports jax: keep `bnjax --help` instant
 
     workdir = _require_flag(_WORKDIR.value, "workdir", "--workdir=runs/resnet20_bn")
     config = _config()
@@ -135,7 +135,7 @@ def cmd_train() -> None:
                            _MULTI_PROCESS.value)
     with _exit_quietly_when_stopped():
         if config.data.tasks:
-            train.train_tasks(config, workdir, stop_at_step=_STOP_AT_STEP.value,
+            multitask.train_tasks(config, workdir, stop_at_step=_STOP_AT_STEP.value,
                               overwrite=_OVERWRITE.value, branch=_BRANCH.value)
         else:
             train.train_and_evaluate(config, workdir, stop_at_step=_STOP_AT_STEP.value,

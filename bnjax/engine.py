@@ -12,8 +12,9 @@ one compiled step serves every replica of a group. Two layouts run a group:
   accelerator that a single CIFAR ResNet leaves mostly idle. Replicas whose frozen weights are
   equal share them unbatched, so each convolution runs once over every replica's activations; a
   replica equals its run alone up to float rounding. Ended replicas are computed and ignored.
-Replicas of one seed share the data order and augmentation, so one batch feeds them all;
-replicas of different seeds each have their own batches and augmentation key.
+Replicas of one seed and data source share the data order and augmentation, so one batch
+feeds them all; replicas of different seeds, and tasks (bnjax.multitask: other data), each have
+their own batches, augmentation key and test split.
 """
 from __future__ import annotations
 
@@ -64,13 +65,15 @@ class _Engine:
 
     def __init__(self, runs: list, mesh):
         if len(runs) > 1:
-            check_group([run.config for run in runs])
+            check_group([run.config for run in runs], may_differ=("data.source",))
         self.runs, self.mesh, self.replicas = runs, mesh, len(runs)
         self.config = runs[0].config
         # Equal frozen weights (the same seed, and a bn_init that trains or equal) are held once.
         self.shared_frozen = len({run.setup.frozen_checksum for run in runs}) == 1
-        # Equal seeds draw the same batches and augmentation: one batch feeds every replica.
-        self.shared_batches = len({run.config.seed for run in runs}) == 1
+        # Equal seeds draw the same batches and augmentation from the same data: one batch feeds
+        # every replica.
+        self.shared_data = len({run.config.data.source for run in runs}) == 1
+        self.shared_batches = self.shared_data and len({run.config.seed for run in runs}) == 1
         self.step_function = make_step_function(runs[0])
 
     def calls(self, start_step: int):
@@ -110,17 +113,11 @@ class SequentialEngine(_Engine):
     """One compiled program, called for each replica in turn (one run: the run itself)."""
     layout = "sequential"
 
-    def __init__(self, runs: list, mesh, programs: dict | None = None):
-        """programs: compiled programs to share with other engines of runs whose configs
-        differ only in data.source (the tasks of one run), by program_key."""
+    def __init__(self, runs: list, mesh):
         super().__init__(runs, mesh)
-        programs = {} if programs is None else programs
-        key = program_key(runs[0])
-        if key not in programs:
-            programs[key] = (*self._compiled(self.step_function),
-                             jax.jit(eval_step_function(runs[0].setup.model)),
-                             jax.jit(_all_finite))
-        self._single, self._multi, self.eval_step, self._finite = programs[key]
+        self._single, self._multi = self._compiled(self.step_function)
+        self.eval_step = jax.jit(eval_step_function(runs[0].setup.model))
+        self._finite = jax.jit(_all_finite)
         self.frozen = [replicate(run.setup.frozen, mesh) for run in
                        (runs[:1] if self.shared_frozen else runs)]
         self._keys = [replicate(augment_key(run.config.seed), mesh) for run in runs]
@@ -157,10 +154,10 @@ class SequentialEngine(_Engine):
                                images, targets, weights) for index, state in enumerate(states)]
 
     def evaluate(self, states: list) -> list[dict]:
-        eval_data, batch = self.runs[0].eval_data, self.config.eval.batch_size
+        batch = self.config.eval.batch_size
         return [evaluation_result(evaluation_sums(self.eval_step, self.mesh, state,
-                                                  self._frozen_of(index), eval_data, batch))
-                for index, state in enumerate(states)]
+                                                  self._frozen_of(index), run.eval_data, batch))
+                for index, (state, run) in enumerate(zip(states, self.runs))]
 
     def finite(self, states: list) -> np.ndarray:
         return np.asarray(jax.device_get([self._finite(state) for state in states]))
@@ -180,6 +177,7 @@ class VmapEngine(_Engine):
         mapped = jax.vmap(self.step_function,
                           in_axes=(0, frozen_axis, batch_axis, batch_axis, batch_axis))
         self._single, self._multi = self._compiled(mapped)
+        self._eval_one = jax.jit(eval_step_function(runs[0].setup.model))
         self.eval_step = jax.jit(jax.vmap(eval_step_function(runs[0].setup.model),
                                           in_axes=(0, frozen_axis, 0, None, None, None)))
         self._finite = jax.jit(jax.vmap(_all_finite))
@@ -190,6 +188,10 @@ class VmapEngine(_Engine):
 
     def place(self, states: list):
         return replicate(_stack(states), self.mesh)
+
+    def _frozen_of(self, index: int):
+        return self.frozen if self.shared_frozen else \
+            jax.tree.map(lambda leaf: leaf[index], self.frozen)
 
     def run_call(self, state, steps, images, targets, live=None):
         """Every replica's call, ended ones included (their results are ignored)."""
@@ -204,8 +206,16 @@ class VmapEngine(_Engine):
                               targets, weights)
 
     def evaluate(self, state) -> list[dict]:
+        """Every replica's test metrics: one vmapped pass where they share the test split,
+        else (tasks) a pass of each over its own."""
+        batch = self.config.eval.batch_size
+        if not self.shared_data:
+            return [evaluation_result(evaluation_sums(
+                self._eval_one, self.mesh, self.replica_state(state, index),
+                self._frozen_of(index), run.eval_data, batch))
+                for index, run in enumerate(self.runs)]
         sums = evaluation_sums(self.eval_step, self.mesh, state, self.frozen,
-                               self.runs[0].eval_data, self.config.eval.batch_size)
+                               self.runs[0].eval_data, batch)
         return [evaluation_result({name: value[index] for name, value in sums.items()})
                 for index in range(self.replicas)]
 
@@ -216,9 +226,9 @@ class VmapEngine(_Engine):
         return jax.tree.map(lambda leaf: leaf[index], state)
 
 
-def make_engine(runs: list, mesh, layout: str = "auto", programs: dict | None = None):
-    """The engine of one run (always sequential: the program a run alone compiles, shared
-    through `programs` with the other tasks of its run) or of a group in the given layout."""
+def make_engine(runs: list, mesh, layout: str = "auto"):
+    """The engine of one run (always sequential: the program a run alone compiles) or of a
+    group in the given layout."""
     if len(runs) == 1 or replica_layout(layout) == "sequential":
-        return SequentialEngine(runs, mesh, programs)
+        return SequentialEngine(runs, mesh)
     return VmapEngine(runs, mesh)

@@ -28,12 +28,12 @@ def train_group(configs: list, workdirs: list, stop_at_step: int | None = None,
             configs, workdirs, overwrite, branch) as (lanes, states, saved):
         if all(lane.ended for lane in lanes):
             return [lane.ended for lane in lanes]
-        _catch_up(lanes, states, saved, branch, received)
+        catch_up(lanes, states, saved, branch, received)
         return to_the_end(training(lanes, states, saved, stop_at_step, len(lanes) == 1,
                                    received))
 
 
-def _catch_up(lanes: list[Lane], states: list, saved: list, branch: bool,
+def catch_up(lanes: list[Lane], states: list, saved: list, branch: bool,
               received: list) -> None:
     """Bring every unfinished lane to one step, in place: the lanes that resume behind the
     others train alone up to the next step another lane holds, until all hold the most

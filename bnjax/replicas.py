@@ -15,13 +15,13 @@ REPLICA_FIELDS = ("seed", "model.bn_init", "train.lr", "train.weight_decay", "tr
                   "train.gamma_lr_scale", "train.beta_lr_scale")
 
 
-def _shared_fields(config) -> dict:
+def _shared_fields(config, may_differ: tuple = ()) -> dict:
     """The fields every replica of a group must agree on, with the structural facts hidden in
     replica fields: whether momentum is on and (random_k's masks, which the compiled optimizer
     holds, follow it) the seed. The seed and bn_init may change the frozen weights (bn_init in
     modes that freeze gamma or beta): bnjax.engine then gives each replica its own copy."""
     shared = {name: value for name, value in flat_fields(config.to_dict())
-              if name not in REPLICA_FIELDS}
+              if name not in REPLICA_FIELDS + tuple(may_differ)}
     shared["train.momentum > 0"] = config.train.momentum > 0
     if config.train.mode in partition.MASKED_MODES:
         shared["seed"] = config.seed
@@ -33,11 +33,12 @@ def group_key(config) -> str:
     return json.dumps(_shared_fields(config), sort_keys=True, default=list)
 
 
-def check_group(configs) -> None:
-    """ConfigError naming the first field that keeps these configs out of one group."""
-    first = _shared_fields(configs[0])
+def check_group(configs, may_differ: tuple = ()) -> None:
+    """ConfigError naming the first field that keeps these configs out of one group (fields
+    in `may_differ` too may differ: the data.source of tasks, bnjax.multitask)."""
+    first = _shared_fields(configs[0], may_differ)
     for config in configs[1:]:
-        other = _shared_fields(config)
+        other = _shared_fields(config, may_differ)
         for field in sorted(first):
             if first[field] != other.get(field):
                 raise ConfigError(

@@ -3,7 +3,7 @@ statistics and output layer ("K for the Price of 1", Mudrakarta et al. 2019).
 
 `data.tasks = 'NAME=SOURCE;NAME=SOURCE;...'` names the tasks; each trains exactly as the run
 alone whose config is the task's (task_config: the same config with data.source = SOURCE), in
-the folder WORKDIR/NAME (bnjax.train.train_tasks). Imports no JAX.
+the folder WORKDIR/NAME (bnjax.multitask.train_tasks). Imports no JAX.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The training loop: set up, resume, step, log, evaluate, save, stop.
 
-One loop trains a run alone (train_and_evaluate), each task of a multi-task run (train_tasks)
-and the replicas of a group (bnjax.group): each run is a lane (bnjax.run.Lane) of one compiled
+One loop trains a run alone (train_and_evaluate), the replicas of a group (bnjax.group) and
+the tasks of a multi-task run (bnjax.multitask): each run is a lane (bnjax.run.Lane) of one compiled
 program (bnjax.engine), in its own folder (bnjax.runfolder).
 """
 from __future__ import annotations
@@ -13,10 +13,8 @@ import time
 import numpy as np
 from absl import logging
 
-from bnjax import config as config_lib
 from bnjax import distributed, partition, runfolder, summary
 from bnjax import engine as engine_lib
-from bnjax import tasks as tasks_lib
 from bnjax.data.batches import prefetch
 from bnjax.files import write_json
 from bnjax.metrics import Pace, Profiler, Reporter, Throughput, Window, log_group_progress
@@ -43,42 +41,6 @@ def train_and_evaluate(config, workdir: str, stop_at_step: int | None = None,
         return to_the_end(training(lanes, states, saved, stop_at_step, True, received))[0]
 
 
-def train_tasks(config, workdir: str, stop_at_step: int | None = None, overwrite: bool = False,
-                branch: bool = False) -> dict[str, dict]:
-    """Train the K tasks of config.data.tasks on one frozen backbone (the seed's, or the
-    base's), each with its own data, classes, output layer, BatchNorm and epochs, in its own
-    run folder WORKDIR/NAME that is an ordinary run's: its config is the task's run alone
-    (bnjax.tasks.task_config). Their calls interleave one by one, each task's program the one
-    its run alone compiles (compiled once for tasks of equal classes, image shape and steps per
-    epoch): a task computes exactly what it computes alone. A task that diverges ends alone;
-    a signal or stop_at_step stops every task at its next call, each saved. Returns
-    {name: metrics}."""
-    config_lib.validate(config)
-    named = tasks_lib.parse(config.data.tasks)
-    names = [name for name, _ in named]
-    if distributed.is_chief():
-        tasks_lib.claim(workdir, names)
-    with signals_received() as received, contextlib.ExitStack() as stack:
-        prepared = {name: stack.enter_context(runfolder.prepared(
-            [tasks_lib.task_config(config, source)], [os.path.join(workdir, name)], overwrite,
-            branch)) for name, source in named}
-        tasks_lib.check_shared_backbone([lanes[0].run for lanes, _, _ in prepared.values()],
-                                        names)
-        logging.info("%d tasks share one program and the frozen backbone of %s: %s",
-                     len(named), f"the base {config.model.base}" if config.model.base
-                     else f"seed {config.seed}", ", ".join(
-                         f"{name} ({lanes[0].run.train_data.num_classes} classes, "
-                         f"{lanes[0].run.timetable.total_steps} steps)"
-                         for name, (lanes, _, _) in prepared.items()))
-        programs = {}  # tasks of equal classes, image shape and epoch length share theirs
-        trainings = {name: training(lanes, states, saved, stop_at_step, False, received,
-                                    name=name, programs=programs)
-                     for name, (lanes, states, saved) in prepared.items() if not lanes[0].ended}
-        results = {name: lanes[0].ended for name, (lanes, _, _) in prepared.items()}
-        results.update(_interleave(trainings))
-        return results
-
-
 def to_the_end(training_calls):
     """Run a `training` generator to its end; its return value."""
     while True:
@@ -88,34 +50,13 @@ def to_the_end(training_calls):
             return end.value
 
 
-def _interleave(trainings: dict) -> dict:
-    """Run `training` generators one call each in turn until every one has ended; {name: its
-    first lane's metrics}. A stop (a signal, stop_at_step) reaches every task at its next
-    call; the first is raised once all have stopped or finished."""
-    results, stopped = {}, []
-    while trainings:
-        for name, training_calls in list(trainings.items()):
-            try:
-                next(training_calls)
-            except StopIteration as end:
-                results[name] = end.value[0]
-                del trainings[name]
-            except Interrupted as stop:
-                stopped.append(stop)
-                del trainings[name]
-    if stopped:
-        raise stopped[0]
-    return results
-
-
 def training(lanes: list[Lane], states: list, saved: list, stop_at_step, alone: bool,
-             received: list, name: str = "", programs: dict | None = None):
+             received: list, name: str = ""):
     """Train the lanes from `states` (all at one step) to the end, yielding after each call;
     returns each lane's metrics. `saved` is each one's checkpoint metadata ({} for a fresh
     start). alone: a run by itself (its divergence raises Diverged). received: the signals that
-    stop it (at the next call's end, saved). name: a task's, before its progress lines.
-    programs: the compiled programs a task shares with the other tasks of its run."""
-    loop = _Loop(lanes, states, saved, name, programs)
+    stop it (at the next call's end, saved). name: the tasks', before their progress lines."""
+    loop = _Loop(lanes, states, saved, name)
     if stop_at_step is not None and stop_at_step <= loop.start_step:
         raise StopStepPassed(loop.start_step, stop_at_step)
     loop.announce()
@@ -153,8 +94,7 @@ class _Loop:
     """What the training loop holds between calls: the lanes' device state, the open log
     window, the clock; and what it does at a step that logs, evaluates or saves."""
 
-    def __init__(self, lanes: list[Lane], states: list, saved: list, name: str,
-                 programs: dict | None):
+    def __init__(self, lanes: list[Lane], states: list, saved: list, name: str):
         run = lanes[0].run
         self.lanes, self.name, self.run = lanes, name, run
         self.config, self.timetable = run.config, run.timetable
@@ -164,8 +104,7 @@ class _Loop:
         self.states = states
         for index in self.live:
             lanes[index].history = saved[index].get("history", [])
-        self.engine = engine_lib.make_engine([lane.run for lane in lanes], make_mesh(),
-                                             programs=programs)
+        self.engine = engine_lib.make_engine([lane.run for lane in lanes], make_mesh())
         self.state = self.engine.place(states)
         timing = first_saved.get("timing")
         carried = [saved[index].get("open_window") or first_saved.get("open_window")

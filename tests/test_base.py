@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from bnjax import engine, partition, tasks, train, trained
+from bnjax import engine, multitask, partition, tasks, train, trained
 from bnjax.errors import CheckpointError, ConfigError
 from bnjax.config import validate
 from bnjax.step import compile_steps
@@ -121,7 +121,7 @@ def test_tasks_share_a_base_its_program_and_a_bundle_keeps_it(tiny_config, tmp_p
     compiled = []
     monkeypatch.setattr(engine, "compile_steps",
                         lambda *args: compiled.append(args) or compile_steps(*args))
-    results = train.train_tasks(tiny_config, str(tmp_path / "tasks"))
+    results = multitask.train_tasks(tiny_config, str(tmp_path / "tasks"))
     assert len(compiled) == 1  # two tasks of equal shapes: one training program
     bundle = str(tmp_path / "tasks.bnjax")
     trained.export_workdir(str(tmp_path / "tasks"), bundle)

@@ -1,4 +1,4 @@
-"""Multi-task runs (bnjax.tasks, train.train_tasks): K tasks on one frozen backbone, each in
+"""Multi-task runs (bnjax.tasks, multitask.train_tasks): K tasks on one frozen backbone, each in
 an ordinary run folder, trained as each trains alone; the bundle that ships them in one file."""
 import json
 import os
@@ -8,7 +8,7 @@ import sys
 import pytest
 from conftest import write_image_folder
 
-from bnjax import tasks, train, trained
+from bnjax import engine, multitask, tasks, train, trained
 from bnjax.errors import CheckpointError, ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -41,8 +41,8 @@ def test_tasks_train_as_each_alone_stop_resume_and_ship_as_one_bundle(config, tm
                                                                        three_tasks):
     workdir = str(tmp_path / "tasks")
     with pytest.raises(train.Interrupted):
-        train.train_tasks(config, workdir, stop_at_step=2)
-    results = train.train_tasks(config, workdir)
+        multitask.train_tasks(config, workdir, stop_at_step=2)
+    results = multitask.train_tasks(config, workdir)
     assert list(results) == ["cifar", "fashion", "digits"]
     assert tasks.read_index(workdir) == ["cifar", "fashion", "digits"]
     steps = {name: metrics["steps"] for name, metrics in results.items()}
@@ -57,7 +57,7 @@ def test_tasks_train_as_each_alone_stop_resume_and_ship_as_one_bundle(config, tm
         assert results[name]["history"] == alone["history"], name
         assert results[name]["test_accuracy"] == alone["test_accuracy"]
     # a rerun has nothing to do
-    assert train.train_tasks(config, workdir)["fashion"]["history"] == _history(
+    assert multitask.train_tasks(config, workdir)["fashion"]["history"] == _history(
         os.path.join(workdir, "fashion"))
 
     bundle = str(tmp_path / "three.bnjax")
@@ -76,6 +76,35 @@ def test_tasks_train_as_each_alone_stop_resume_and_ship_as_one_bundle(config, tm
         trained.from_export(bundle)
     with pytest.raises(CheckpointError, match="has no task 'mnist'"):
         trained.from_export(bundle, "mnist")
+
+
+@pytest.mark.parametrize("layout", ["sequential", "vmap"])
+def test_tasks_of_one_shape_train_as_replicas_of_one_program(tiny_config, tmp_path, layout,
+                                                             monkeypatch, caplog):
+    """Two tasks of equal classes and sizes but other images: one program, each task with its
+    own batches and test split; sequential on the CPU is bit for bit each run alone, vmap up
+    to float rounding; a stop and a resume are exact."""
+    monkeypatch.setattr(engine, "replica_layout", lambda requested="auto": layout)
+    sources = {name: write_image_folder(str(tmp_path / name), seed=seed)
+               for name, seed in (("left", 3), ("right", 4))}
+    tiny_config.train.mode = "bn_output"
+    tiny_config.data.tasks = ";".join(f"{name}={path}" for name, path in sources.items())
+    workdir = str(tmp_path / "tasks")
+    with caplog.at_level("INFO"), pytest.raises(train.Interrupted):
+        multitask.train_tasks(tiny_config, workdir, stop_at_step=4)
+    assert f"one program ({layout} layout) trains left, right" in caplog.text
+    results = multitask.train_tasks(tiny_config, workdir)
+    for name, source in sources.items():
+        alone = train.train_and_evaluate(tasks.task_config(tiny_config, source),
+                                         str(tmp_path / f"alone_{name}"))
+        if layout == "sequential":
+            assert results[name]["history"] == alone["history"], name
+        else:
+            for together, by_itself in zip(results[name]["history"], alone["history"]):
+                for field in ("train_loss", "test_loss", "test_accuracy"):
+                    assert together[field] == pytest.approx(by_itself[field], abs=2e-3), name
+    # the two tasks saw their own data: their results differ
+    assert results["left"]["history"] != results["right"]["history"]
 
 
 def test_bundle_merges_exports_of_one_seed_and_refuses_another(tiny_config, tmp_path,
@@ -133,7 +162,9 @@ def test_the_command_trains_tasks_and_evaluates_the_bundle(config, tmp_path):
     config_file.write_text("from bnjax.config import from_dict\n"
                            f"def get_config():\n    return from_dict({config.to_dict()!r})\n")
     log = bnjax("train", f"--config={config_file}", f"--workdir={workdir}").stderr
-    assert "3 tasks share one program and the frozen backbone of seed 0" in log
+    assert "3 tasks on the frozen backbone of seed 0" in log
+    # of three class counts: three programs
+    assert "fashion trains on a program of its own" in log
     printed = bnjax("export", f"--workdir={workdir}", f"--out={bundle}").stdout
     assert "3 tasks" in printed and "fashion: step 3" in printed
     lines = bnjax("eval", f"--export={bundle}").stdout.splitlines()

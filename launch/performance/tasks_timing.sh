@@ -15,19 +15,20 @@ K=${K:-3}
 EPOCHS=${EPOCHS:-3}
 rm -rf "$OUT"; mkdir -p "$OUT"
 COMMON=(--config=configs/cifar10.py:cifar_resnet_20 --config.train.mode=bn_output
-        --config.train.epochs="$EPOCHS" "--config.train.lr_milestones=($((EPOCHS - 1)),)"
         --config.data.cache_dir="$OUT/cache")
+BUDGET=(--config.train.epochs="$EPOCHS" "--config.train.lr_milestones=($((EPOCHS - 1)),)")
 source="$DATA/mnist-5k-png.tar.gz"
 tasks=$(for i in $(seq "$K"); do printf 'task%s=%s;' "$i" "$source"; done)
 bnjax train "${COMMON[@]}" --workdir="$OUT/warm" --config.data.source="$source" \
   --config.train.epochs=1 "--config.train.lr_milestones=(1,)" > "$OUT/warm.log" 2>&1  # data cache
 start=$(date +%s.%N)
-bnjax train "${COMMON[@]}" --workdir="$OUT/tasks" "--config.data.tasks=$tasks" > "$OUT/tasks.log" 2>&1
+bnjax train "${COMMON[@]}" "${BUDGET[@]}" --workdir="$OUT/tasks" "--config.data.tasks=$tasks" \
+  > "$OUT/tasks.log" 2>&1
 together=$(echo "$(date +%s.%N) - $start" | bc)
 start=$(date +%s.%N)
 for i in $(seq "$K"); do
-  bnjax train "${COMMON[@]}" --workdir="$OUT/alone/task$i" --config.data.source="$source" \
-    >> "$OUT/alone.log" 2>&1
+  bnjax train "${COMMON[@]}" "${BUDGET[@]}" --workdir="$OUT/alone/task$i" \
+    --config.data.source="$source" >> "$OUT/alone.log" 2>&1
 done
 apart=$(echo "$(date +%s.%N) - $start" | bc)
 python - "$OUT" "$K" "$together" "$apart" <<'PY'
