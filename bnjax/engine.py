@@ -94,6 +94,14 @@ class _Engine:
                        for items in zip(*(stream(run) for run in self.runs)))
         return group_into_calls(batches, self.config.train.steps_per_call, timetable.ends_call)
 
+    def _evaluate_each(self, eval_step, state_of, frozen_of) -> list[dict]:
+        """Each replica's test metrics on its own test split, one replica at a time:
+        state_of(index) and frozen_of(index) give its state and frozen weights."""
+        batch = self.config.eval.batch_size
+        return [evaluation_result(evaluation_sums(eval_step, self.mesh, state_of(index),
+                                                  frozen_of(index), run.eval_data, batch))
+                for index, run in enumerate(self.runs)]
+
     def _compiled(self, function):
         per_call = self.config.train.steps_per_call
         return compile_steps(function), compile_steps(function, per_call) if per_call > 1 \
@@ -154,10 +162,7 @@ class SequentialEngine(_Engine):
                                images, targets, weights) for index, state in enumerate(states)]
 
     def evaluate(self, states: list) -> list[dict]:
-        batch = self.config.eval.batch_size
-        return [evaluation_result(evaluation_sums(self.eval_step, self.mesh, state,
-                                                  self._frozen_of(index), run.eval_data, batch))
-                for index, (state, run) in enumerate(zip(states, self.runs))]
+        return self._evaluate_each(self.eval_step, states.__getitem__, self._frozen_of)
 
     def finite(self, states: list) -> np.ndarray:
         return np.asarray(jax.device_get([self._finite(state) for state in states]))
@@ -208,14 +213,11 @@ class VmapEngine(_Engine):
     def evaluate(self, state) -> list[dict]:
         """Every replica's test metrics: one vmapped pass where they share the test split,
         else (tasks) a pass of each over its own."""
-        batch = self.config.eval.batch_size
         if not self.shared_data:
-            return [evaluation_result(evaluation_sums(
-                self._eval_one, self.mesh, self.replica_state(state, index),
-                self._frozen_of(index), run.eval_data, batch))
-                for index, run in enumerate(self.runs)]
+            return self._evaluate_each(self._eval_one, lambda index: self.replica_state(
+                state, index), self._frozen_of)
         sums = evaluation_sums(self.eval_step, self.mesh, state, self.frozen,
-                               self.runs[0].eval_data, batch)
+                               self.runs[0].eval_data, self.config.eval.batch_size)
         return [evaluation_result({name: value[index] for name, value in sums.items()})
                 for index in range(self.replicas)]
 
