@@ -21,6 +21,7 @@ import jax
 import numpy as np
 from flax import serialization
 
+from bnjax import runinfo
 from bnjax.errors import CheckpointError
 from bnjax.files import replace_atomically
 
@@ -59,8 +60,8 @@ def backbone_of(description: dict) -> dict:
             "model.norm": config["model"].get("norm", "batchnorm"),
             "model.dtype": config["model"].get("dtype", "float32"),
             "model.init": config["model"].get("init", "kaiming_normal"),
-            "frozen_init": description.get("frozen_init", "jax-v1"),
-            "base_sha256": (description.get("base") or {}).get("sha256")}
+            "frozen_init": runinfo.frozen_init_of(description),
+            "base_sha256": runinfo.base_sha256(description)}
 
 
 def write_bundle(path: str, tasks: dict) -> dict:

@@ -57,6 +57,7 @@ def lines_by(rows: list[dict], leave_out: tuple = ()) -> dict:
 
 
 def _short_name(model_name: str) -> str:
+    """A model as the figures name it: ResNet-20, ResNet-14-32 (width 32), VGG-11."""
     from bnjax.models import parse_name
 
     spec = parse_name(model_name)
@@ -103,6 +104,7 @@ def accuracy_vs_trainable(rows: list[dict], path: str) -> None:
     (seeds averaged, their range as a bar), each point named by its model."""
     rows = finished(rows)
     families = sorted({family(r["model"]) for r in rows})
+    shared = _subtitle(rows)
     with _figure(path, (6 * len(families), 4.5)) as figure:
         for index, name in enumerate(families, 1):
             axis = figure.add_subplot(1, len(families), index)
@@ -119,8 +121,7 @@ def accuracy_vs_trainable(rows: list[dict], path: str) -> None:
                                   textcoords="offset points", xytext=(4, 4))
             axis.set_xscale("log")
             axis.set(xlabel="trainable parameters", ylabel="test accuracy (%)")
-            axis.set_title(f"{name}: {_subtitle(rows)}" if _subtitle(rows) else name,
-                           fontsize=10)
+            axis.set_title(f"{name}: {shared}" if shared else name, fontsize=10)
             axis.grid(alpha=0.3)
             axis.legend(fontsize=8)
 
@@ -290,8 +291,6 @@ def depth_against_width(rows: list[dict], path: str, title: str = "") -> None:
     """The paper's deeper-against-wider figure: test accuracy against BatchNorm parameters,
     a line each of depth_and_width_lines, every point named. rows: model, trainable_params,
     test_accuracy."""
-    from bnjax.models import parse_name
-
     named = set()
     with _figure(path, (6.4, 4.4)) as figure:
         axis = figure.add_subplot()
@@ -303,9 +302,8 @@ def depth_against_width(rows: list[dict], path: str, title: str = "") -> None:
                 if r["model"] in named:
                     continue
                 named.add(r["model"])
-                spec = parse_name(r["model"])
-                name = f"ResNet-{spec.depth}" + (f"-{spec.width}" if spec.width != 16 else "")
-                axis.annotate(name, (r["trainable_params"], 100 * r["test_accuracy"]),
+                axis.annotate(_short_name(r["model"]),
+                              (r["trainable_params"], 100 * r["test_accuracy"]),
                               textcoords="offset points", xytext=(4, -12 if below else 6),
                               fontsize=8)
         axis.margins(x=0.1)  # room for the rightmost point's name

@@ -42,8 +42,7 @@ def train_tasks(config, workdir: str, stop_at_step: int | None = None, overwrite
         tasks_lib.check_shared_backbone([lanes[0].run for lanes, _, _ in prepared.values()],
                                         names)
         results = {name: lanes[0].ended for name, (lanes, _, _) in prepared.items()}
-        programs = _programs({name: task for name, task in prepared.items()
-                              if not task[0][0].ended})
+        programs = _programs(prepared)
         _log_programs(config, prepared, programs)
         trainings = {}
         for members in programs:
@@ -56,11 +55,12 @@ def train_tasks(config, workdir: str, stop_at_step: int | None = None, overwrite
         return results
 
 
-def _programs(unfinished: dict) -> list[list[str]]:
+def _programs(prepared: dict) -> list[list[str]]:
     """The unfinished tasks' names grouped by their compiled program, in order."""
     by_key: dict = {}
-    for name, (lanes, _, _) in unfinished.items():
-        by_key.setdefault(engine_lib.program_key(lanes[0].run), []).append(name)
+    for name, (lanes, _, _) in prepared.items():
+        if not lanes[0].ended:
+            by_key.setdefault(engine_lib.program_key(lanes[0].run), []).append(name)
     return list(by_key.values())
 
 
