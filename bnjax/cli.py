@@ -44,6 +44,12 @@ _BASE = flags.DEFINE_string("base", None, "Where the base export (model.base) of
                             "its sha256 must match.")
 _OUT = flags.DEFINE_string("out", None, "Where the command writes its file or folder.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step to export (default: the latest).")
+_FORMAT = flags.DEFINE_enum("format", "orbax", ["orbax", "safetensors"], "materialize: an "
+                            "Orbax checkpoint folder, or one safetensors file (PyTorch reads "
+                            "it).")
+_LAYOUT = flags.DEFINE_enum("layout", "torch", ["torch", "bnjax"], "materialize "
+                            "--format=safetensors: PyTorch's names and layouts (open_lth's "
+                            "CIFAR models, torchvision's ImageNet ResNets) or bnjax's paths.")
 _DATA_SOURCE = flags.DEFINE_string("data_source", None, "Evaluate on this data source instead "
                                    "of the one recorded in the run.")
 _BY_STAGE = flags.DEFINE_float("by_stage", None, "analyze: also zero this fraction of the "
@@ -200,6 +206,14 @@ def cmd_bundle() -> None:
 def cmd_eval() -> None:
     from bnjax import trained
 
+    if _CONFIG.value is not None:  # a config's model before training (e.g. on a base file)
+        if _EXPORT.value:
+            _fail("give --export=FILE or --config=FILE (its model before training), not both")
+        config = _config()
+        if _DATA_SOURCE.value:
+            config.data.source = _DATA_SOURCE.value
+        print(json.dumps(trained.evaluate_config(config)))
+        return
     path = _require_flag(_EXPORT.value, "export", "--export=resnet20_bn.bnjax")
     for result in trained.evaluate_tasks(path, _DATA_SOURCE.value, _TASK.value, _BASE.value):
         print(json.dumps(result))
@@ -208,9 +222,24 @@ def cmd_eval() -> None:
 def cmd_materialize() -> None:
     from bnjax import trained
 
-    path = _require_flag(_EXPORT.value, "export", "--export=resnet20_bn.bnjax")
+    if bool(_WORKDIR.value) == bool(_EXPORT.value):
+        _fail("give --export=FILE or --workdir=DIR (its latest checkpoint, or --step), one of "
+              "them")
     out = _require_flag(_OUT.value, "out", "--out=resnet20_bn_full")
-    print(f"wrote every weight to {trained.materialize(path, out, _TASK.value, _BASE.value)}")
+    if _FORMAT.value == "orbax" and out.endswith(".safetensors"):
+        _fail(f"--out={out} names a safetensors file; add --format=safetensors (or give a "
+              "folder for the Orbax checkpoint)")
+    if _EXPORT.value:
+        source = _EXPORT.value
+        model = trained.from_export(source, _TASK.value, _BASE.value)
+    else:
+        model = trained.from_workdir(_WORKDIR.value, _STEP.value)
+        source = f"{_WORKDIR.value} (checkpoint step {model.description['step']})"
+    if _FORMAT.value == "safetensors":
+        trained.write_safetensors(model, out, _LAYOUT.value, source)
+        print(f"wrote every weight of {source} to {out} ({os.path.getsize(out):,} bytes)")
+    else:
+        print(f"wrote every weight of {source} to {trained.write_orbax(model, out)}")
 
 
 def cmd_sweep() -> None:
@@ -297,13 +326,19 @@ COMMANDS = {
         "--out=both.bnjax"),
     "eval": Command(
         cmd_eval, "test loss and accuracy of an export (a bundle: per task), weights "
-        "regenerated from its seed", ("export", "data_source", "task", "base"),
-        "bnjax eval --export=r14_bn.bnjax --data_source=data/cifar10-jpeg.tar.gz"),
+        "regenerated from its seed; or of a config's model before training",
+        ("export", "data_source", "task", "base", "config"),
+        "bnjax eval --export=r14_bn.bnjax --data_source=data/cifar10-jpeg.tar.gz",
+        {"config": "Instead of an export: this config's model before any training (weights "
+                   "from its seed, or from its model.base), on its data's test split."}),
     "materialize": Command(
-        cmd_materialize, "write every weight of an export as an Orbax checkpoint",
-        ("export", "out", "task", "base"),
-        "bnjax materialize --export=r14_bn.bnjax --out=r14_bn_full",
-        {"out": "A new (or empty) folder for the checkpoint and model.json."}),
+        cmd_materialize, "write every weight of an export or a run as an Orbax checkpoint or "
+        "a safetensors file PyTorch loads",
+        ("export", "workdir", "step", "out", "task", "base", "format", "layout"),
+        "bnjax materialize --export=r14_bn.bnjax --out=r14_bn.safetensors --format=safetensors",
+        {"out": "--format=orbax: a new (or empty) folder for the checkpoint and model.json; "
+                "safetensors: the file to write.",
+         "workdir": "A run folder: its latest checkpoint (or --step)."}),
     "sweep": Command(
         cmd_sweep, "run (or print) a grid of runs over any config fields, then aggregate",
         ("config", "workdir", "grid", "launcher", "replicas", "group"),

@@ -22,6 +22,9 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 BN_INITS = tuple(BN_INITIALIZERS)
 KERNEL_INITS = tuple(KERNEL_INITIALIZERS)
 DTYPES = ("float32", "bfloat16")
+BASE_FILES = (".bnjax", ".safetensors", ".pt", ".pth")
+BASE_OUTPUTS = ("seed", "base")
+BASE_NORMS = ("base", "init")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -37,6 +40,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.model.dtype = "float32"
     config.model.norm = "batchnorm"
     config.model.base = ""
+    config.model.base_output = "seed"
+    config.model.base_norm = "base"
 
     config.data = ml_collections.ConfigDict()
     config.data.source = "cifar10"
@@ -96,10 +101,18 @@ FIELD_HELP = {
     "model.norm": "the normalisation layers: batchnorm, affine (scale and shift only, no "
                   "statistics), groupnorm (8 groups), layernorm (over H, W, C); the train "
                   "modes' gamma and beta are its affine parameters",
-    "model.base": "an export file (`bnjax export`) of a trained run of the same model.name and "
-                  "model.norm whose weights are the backbone: every parameter and statistic "
-                  "but the output layer, which the seed draws (with model.init); its sha256 is "
-                  "recorded and checked. Empty: everything from the seed",
+    "model.base": "a weights file whose convolutions are the backbone: a trained run's export "
+                  "(`bnjax export`) of the same model.name and model.norm, a safetensors file "
+                  "in bnjax's, open_lth's or torchvision's names (`bnjax materialize "
+                  "--format=safetensors` writes one) or a PyTorch .pt/.pth state dict (read "
+                  "by torch); its sha256 is recorded and checked. Empty: everything from the "
+                  "seed",
+    "model.base_output": "with model.base: the output layer drawn from the seed (seed: a new "
+                         "task's head, any class count) or taken from the base (base: its "
+                         "classes must be the data's)",
+    "model.base_norm": "with model.base: the BatchNorm parameters and running statistics "
+                       "taken from the base (base) or as model.bn_init draws them with fresh "
+                       "statistics (init)",
     "model.dtype": "compute dtype, float32 or bfloat16; parameters, BatchNorm statistics and "
                    "the optimizer stay float32",
     "data.source": "a tensorflow-datasets name (cifar10, cifar100, imagenet2012) or a path to "
@@ -242,11 +255,20 @@ def validate(config) -> None:
              f"accepted: {', '.join(DTYPES)}")
     _require(config.model.norm in NORMS, "model.norm", config.model.norm,
              f"accepted: {', '.join(NORMS)}")
-    _require(isinstance(config.model.base, str) and (not config.model.base
-                                                     or os.path.isfile(config.model.base)),
-             "model.base", config.model.base, "no such file; give the path of a trained run's "
-             "export (`bnjax export --workdir=RUN --out=FILE`), or '' for a random backbone")
-
+    base = config.model.base
+    _require(isinstance(base, str) and (not base or os.path.isfile(base)), "model.base", base,
+             "no such file; give the path of a trained run's export (`bnjax export "
+             "--workdir=RUN --out=FILE`) or of a safetensors or PyTorch weights file, or '' "
+             "for a random backbone")
+    _require(not base or base.endswith(BASE_FILES), "model.base", base,
+             f"a weights file ends in {', '.join(BASE_FILES)}")
+    for field, choices, default in (("base_output", BASE_OUTPUTS, "seed"),
+                                    ("base_norm", BASE_NORMS, "base")):
+        value = config.model[field]
+        _require(value in choices, f"model.{field}", value, f"accepted: {', '.join(choices)}")
+        _require(base or value == default, f"model.{field}", value,
+                 f"it says what to take from model.base, which is empty; leave it at "
+                 f"{default!r} or give model.base")
     train = config.train
     _require(train.mode in MODES, "train.mode", train.mode, f"accepted: {', '.join(MODES)}")
     _require(_is_int(train.random_k) and train.random_k >= 1, "train.random_k",

@@ -16,8 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from bnjax import initial_weights, partition
-from bnjax.errors import ConfigError
+from bnjax import initial_weights, partition, torch_layout
+from bnjax.errors import CheckpointError, ConfigError
 from bnjax.models import build_model
 
 
@@ -145,42 +145,47 @@ def learning_rate(train_config, steps_per_epoch: int):
 
 @dataclasses.dataclass(frozen=True)
 class Base:
-    """A trained run serving as the backbone (model.base): its export's every parameter and
-    BatchNorm statistic (bnjax.trained.load_base), of which all but the output layer's are
-    taken; the output layer is the run's own, drawn from its seed."""
+    """A weights file serving as the backbone (model.base): a trained run's export, or a state
+    dict from PyTorch (bnjax.trained.load_base). Its convolutions are taken; its normalisation
+    layers and output layer as model.base_norm and model.base_output say."""
     path: str
-    sha256: str  # of the export file: what a run, checkpoint or export records and checks
-    variables: dict  # {'params', 'batch_stats'}
+    sha256: str  # of the file: what a run, checkpoint or export records and checks
+    tensors: dict  # {name: array}, in bnjax's paths or PyTorch's names (bnjax.torch_layout)
 
     def record(self) -> dict:
         return {"path": self.path, "sha256": self.sha256}
 
 
-def _on_base(variables: dict, base: Base) -> dict:
-    """`variables` with every parameter but the output layer's, and every statistic, taken
-    from the base; ConfigError naming a leaf the base lacks or shapes otherwise."""
-    ours = partition.flatten(variables["params"])
-    theirs = partition.flatten(base.variables["params"])
-    params = {}
-    for path, leaf in ours.items():
-        if partition.role_of(path) == "output":
-            params[path] = leaf
-            continue
-        if path not in theirs or np.shape(theirs[path]) != np.shape(leaf):
-            shape = (f"of shape {np.shape(theirs[path])}, not {np.shape(leaf)}"
-                     if path in theirs else "missing")
-            raise ConfigError(f"config field 'model.base': {base.path} does not fit this "
-                              f"model: its parameter {path} is {shape}; give a base of the same "
-                              "model.name and model.norm")
-        params[path] = np.asarray(theirs[path], leaf.dtype)
-    stats = variables.get("batch_stats", {})
-    their_stats = base.variables.get("batch_stats", {})
-    if jax.tree.structure(stats) != jax.tree.structure(their_stats):
-        raise ConfigError(f"config field 'model.base': {base.path} does not fit this model: "
-                          "its BatchNorm statistics are of another model; give a base of the "
-                          "same model.name and model.norm")
-    return {"params": partition.unflatten(params),
-            "batch_stats": jax.tree.map(np.asarray, their_stats)}
+def _from_base(path: str, model_config) -> bool:
+    """Whether the leaf at `path` ('params/...' or 'batch_stats/...') comes from the base."""
+    collection, leaf = path.split("/", 1)
+    role = partition.role_of(leaf) if collection == "params" else "statistic"
+    if role == "output":
+        return model_config.base_output == "base"
+    if role in ("gamma", "beta", "statistic"):
+        return model_config.base_norm == "base"
+    return True
+
+
+def _on_base(variables: dict, base: Base, model_config) -> dict:
+    """`variables` with the leaves model.base gives taken from the base; ConfigError naming
+    the file's key that is missing, extra or of another shape."""
+    template = {f"{collection}/{path}": leaf for collection in ("params", "batch_stats")
+                for path, leaf in partition.flatten(variables.get(collection, {})).items()}
+    head = frozenset(path for path in template if path.startswith("params/")
+                     and partition.role_of(path.removeprefix("params/")) == "output")
+    try:
+        theirs = torch_layout.to_bnjax(
+            base.tensors, model_config.name, template, base.path,
+            any_shape=head if model_config.base_output == "seed" else frozenset())
+    except CheckpointError as error:
+        raise ConfigError(f"config field 'model.base': {error}") from None
+    merged = {path: np.asarray(theirs[path], np.asarray(leaf).dtype)
+              if _from_base(path, model_config) else leaf for path, leaf in template.items()}
+    return {collection: partition.unflatten({path.split("/", 1)[1]: leaf
+                                             for path, leaf in merged.items()
+                                             if path.startswith(collection + "/")})
+            for collection in variables}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,7 +213,7 @@ def initialize(config, num_classes: int, image_shape, steps_per_epoch: int,
     variables = initial_weights.initial_variables(model, config.seed, image_shape, frozen_init,
                                                   config.model.init)
     if base is not None:
-        variables = _on_base(variables, base)
+        variables = _on_base(variables, base, config.model)
     params = variables["params"]
     mode = config.train.mode
     param_labels = partition.param_labels(params, mode)

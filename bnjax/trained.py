@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from bnjax import checkpoint, export, partition, runinfo
+from bnjax import __version__, checkpoint, export, partition, runinfo, torch_layout, weight_files
 from bnjax import tasks as tasks_lib
 from bnjax import config as config_lib
 from bnjax.config import looks_like_path
@@ -48,13 +48,26 @@ def file_sha256(path: str) -> str:
 
 
 def load_base(path: str) -> Base:
-    """The trained weights of the export at `path` (model.base), every one checked."""
+    """The weights file at `path` (model.base): a trained run's export (every weight it
+    regenerates, checked), a safetensors file, or a PyTorch state dict (.pt/.pth, read by
+    torch, which must then be installed)."""
     if os.path.isdir(path):
         raise CheckpointError(f"the base {path} is a folder; give a trained run's export file "
-                              f"(`bnjax export --workdir={path} --out=base.bnjax`)")
-    if None not in export.read_tasks(path):
-        raise CheckpointError(f"the base {path} is a bundle of tasks; give one run's export")
-    return Base(path, file_sha256(path), from_export(path).variables())
+                              f"(`bnjax export --workdir={path} --out=base.bnjax`) or a "
+                              "safetensors file")
+    if not path.endswith(config_lib.BASE_FILES):
+        raise CheckpointError(f"the base {path} is none of "
+                              f"{', '.join(config_lib.BASE_FILES)}: give a bnjax export, a "
+                              "safetensors file or a PyTorch state dict")
+    if path.endswith(".bnjax"):
+        if None not in export.read_tasks(path):
+            raise CheckpointError(f"the base {path} is a bundle of tasks; give one run's export")
+        tensors = {f"{collection}/{name}": leaf
+                   for collection, tree in from_export(path).variables().items()
+                   for name, leaf in partition.flatten(tree).items()}
+    else:
+        tensors = weight_files.read_state_dict(path)
+    return Base(path, file_sha256(path), tensors)
 
 
 def _base_of(description: dict, where: str, base_path: str | None) -> Base | None:
@@ -245,6 +258,30 @@ def evaluate_export(path: str, data_source: str | None = None,
             "step": trained.description["step"], "examples": len(eval_data)}
 
 
+def evaluate_config(config) -> dict:
+    """Test loss and accuracy of a config's model before any training: its weights from the
+    seed, or from model.base (a safetensors file from PyTorch with model.base_output=base is
+    evaluated as it stands), beside the accuracy the base file records, if it does."""
+    config_lib.validate(config)
+    eval_data = data_lib.load_eval_split(
+        config.data, parse_name(config.model.name).image_size, config.seed)
+    base = load_base(config.model.base) if config.model.base else None
+    setup, state = initialize(config, eval_data.num_classes, eval_data.image_shape,
+                              steps_per_epoch=1, base=base)
+    recorded = None
+    if config.model.base.endswith(".safetensors"):
+        recorded = json.loads(weight_files.read_metadata(config.model.base).get(
+            "recorded_test_accuracy", "null"))
+    mesh = make_mesh()
+    state, frozen = replicate((state, setup.frozen), mesh)
+    result = evaluate(make_eval_step(setup.model), mesh, state, frozen, eval_data,
+                      config.eval.batch_size)
+    return {"test_accuracy": result["accuracy"], "test_loss": result["loss"],
+            "recorded_test_accuracy": recorded, "model": config.model.name,
+            "mode": config.train.mode, "seed": config.seed,
+            **({"base": config.model.base} if base else {}), "examples": len(eval_data)}
+
+
 def _with_training_labels(data, description: dict, source: str, path: str):
     """`data` labelled as the model was trained: the same class names (in the same order), or
     some of them, relabelled to the training indices. Files from before class names were
@@ -273,10 +310,8 @@ def _with_training_labels(data, description: dict, source: str, path: str):
                                class_names=tuple(trained_classes))
 
 
-def materialize(export_path: str, out_dir: str, task: str | None = None,
-                base: str | None = None) -> str:
+def write_orbax(trained: TrainedModel, out_dir: str) -> str:
     """Write every weight (params and batch_stats) as an Orbax checkpoint plus model.json."""
-    trained = from_export(export_path, task, base)
     if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
         raise CheckpointError(f"--out={out_dir} exists and is not an empty folder; choose a new "
                               "folder")
@@ -290,3 +325,36 @@ def materialize(export_path: str, out_dir: str, task: str | None = None,
                        "{'params', 'batch_stats'} for bnjax.models.build_model(config.model, "
                        "num_classes)"})
     return out_dir
+
+
+SAFETENSORS_FORMAT = "bnjax-weights/1"
+
+
+def write_safetensors(trained: TrainedModel, out_path: str, layout: str, source: str) -> str:
+    """Write every weight and running statistic as a safetensors file: in PyTorch's names and
+    layouts (layout 'torch': open_lth's or torchvision's model loads it with strict=True) or
+    in bnjax's paths ('bnjax'); the config, seed and source go in its metadata."""
+    config = trained.config
+    if layout == "torch" and config.model.norm != "batchnorm":
+        raise CheckpointError(f"{source} is a {config.model.name} with model.norm="
+                              f"{config.model.norm}, which open_lth and torchvision do not "
+                              "have; write bnjax's names with --layout=bnjax")
+    variables = {f"{collection}/{name}": np.asarray(leaf)
+                 for collection, tree in trained.variables().items()
+                 for name, leaf in partition.flatten(tree).items()}
+    step = int(trained.description["step"])
+    tensors = (torch_layout.state_dict(config.model.name, variables, step) if layout == "torch"
+               else variables)
+    description = trained.description
+    metadata = {
+        "format": SAFETENSORS_FORMAT, "bnjax_version": __version__,
+        "layout": torch_layout.layout_of(config.model.name) if layout == "torch" else "bnjax",
+        "model": config.model.name, "seed": str(config.seed), "step": str(step),
+        "num_classes": str(description["num_classes"]),
+        "class_names": json.dumps(description.get("class_names")),
+        "recorded_test_accuracy": json.dumps(recorded_test_accuracy(description)),
+        "base": json.dumps(description.get("base")),
+        "config": json.dumps(config.to_dict(), sort_keys=True), "source": source,
+        "source_sha256": file_sha256(source) if os.path.isfile(source) else ""}
+    weight_files.write_safetensors(out_path, tensors, metadata)
+    return out_path
