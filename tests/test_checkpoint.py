@@ -229,7 +229,7 @@ def test_export_is_small_and_evaluates_to_the_same_accuracy(exported, finished):
 
 def test_materialized_weights_are_the_full_model(exported, tmp_path):
     path, _ = exported
-    out = trained.materialize(path, str(tmp_path / "full"))
+    out = trained.write_orbax(trained.from_export(path), str(tmp_path / "full"))
     restored = ocp.StandardCheckpointer().restore(os.path.join(os.path.abspath(out),
                                                                "variables"))
     model = trained.from_export(path)

@@ -131,7 +131,7 @@ def test_a_flag_of_another_command_is_refused(tmp_path):
     assert "`bnjax train` does not take --grid, --out; it takes: --config --workdir" in \
         result.stderr
     assert not (tmp_path / "run").exists()
-    result = bnjax("eval", "--export=x.bnjax", "--config.seed=1")
+    result = bnjax("materialize", "--export=x.bnjax", "--config.seed=1")
     assert result.returncode == 2 and "does not take --config.seed" in result.stderr
 
 

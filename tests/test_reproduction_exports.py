@@ -72,3 +72,32 @@ def test_each_task_of_the_committed_bundle_evaluates_to_its_recorded_accuracy(ta
     flipped = round(abs(result["test_accuracy"] - result["recorded_test_accuracy"])
                     * result["examples"])
     assert flipped <= TOLERATED_FLIPS, result
+
+
+def test_the_r14_export_as_safetensors_read_back_as_a_base_keeps_its_accuracy(tmp_path):
+    """`bnjax materialize --format=safetensors` of the shipped ResNet-14, given back as
+    model.base (its head too) and evaluated before any training, scores what its run did:
+    docs/PYTORCH.md evaluates the same file in open_lth's own model."""
+    import subprocess
+    import sys
+
+    if not os.path.exists(CIFAR10):
+        pytest.skip(f"needs the shared CIFAR-10 archive at {CIFAR10}")
+    weights = str(tmp_path / "r14.safetensors")
+
+    def bnjax(*args):
+        result = subprocess.run([sys.executable, "-m", "bnjax", *args], capture_output=True,
+                                text=True, cwd=REPO, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result.stdout
+
+    bnjax("materialize", "--export=docs/reproduction/r14_bn_160.bnjax", f"--out={weights}",
+          "--format=safetensors")
+    result = json.loads(bnjax(
+        "eval", "--config=configs/cifar10.py:cifar_resnet_14", f"--config.model.base={weights}",
+        "--config.model.base_output=base", "--config.train.mode=none",
+        f"--config.data.source={CIFAR10}").strip().splitlines()[-1])
+    with open(os.path.join(REPO, "docs", "reproduction", "r14_bn_160.metrics.json")) as f:
+        recorded = json.load(f)["test_accuracy"]
+    assert result["recorded_test_accuracy"] == recorded
+    assert round(abs(result["test_accuracy"] - recorded) * 10_000) <= TOLERATED_FLIPS
