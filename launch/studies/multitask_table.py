@@ -25,7 +25,8 @@ from bnjax import tables, trained  # noqa: E402
 
 TASKS = ("cifar10", "fashion-mnist", "mnist-5k")
 # (folder, label), in the order of the bytes they add
-METHODS = (("output", "output layer (statistics adapt)"),
+METHODS = (("none", "nothing (statistics adapt, head at random)"),
+           ("output", "output layer (statistics adapt)"),
            ("bn_output", "BN + output, random backbone"),
            ("on_base", "BN + output, CIFAR-10-trained backbone"),
            ("all", "every weight"))
@@ -68,7 +69,7 @@ def table(rows: list[dict]) -> str:
 def plot(rows: list[dict], out: str) -> None:
     """A line per task through its methods, a marker per method: accuracy against bytes."""
     figure, axis = plt.subplots(figsize=(7, 4.5))
-    markers = dict(zip((m for m, _ in METHODS), "osD^"))
+    markers = dict(zip((m for m, _ in METHODS), "xosD^"))
     for task in TASKS:
         points = sorted((r["bytes"], 100 * r["test_accuracy"]) for r in rows
                         if r["task"] == task)
