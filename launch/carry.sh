@@ -23,7 +23,7 @@ verb=$1; shift
 save() {
   local name=$1 tarball=$CARRY/$1.tar.gz
   [[ -d "$RUNS/$name/checkpoints" ]] || { echo "no run folder with checkpoints at $RUNS/$name" >&2; exit 1; }
-  mkdir -p "$CARRY"
+  mkdir -p "$(dirname "$tarball")"  # a NAME may be a path: multitask's METHOD/TASK
   local error
   for attempt in 1 2 3; do
     if error=$(tar -czf "$tarball.tmp" -C "$RUNS" --exclude='.bnjax.lock' \
@@ -49,7 +49,7 @@ restore() {
     echo "$RUNS/$name exists; left as it is (move it aside to restore $tarball)"
     return
   fi
-  mkdir -p "$RUNS"
+  mkdir -p "$RUNS"  # tar makes the folders inside it
   tar -xzf "$tarball" -C "$RUNS"
   echo "$tarball -> $RUNS/$name"
 }

@@ -213,7 +213,7 @@ def test_layer_combinations_cut_every_combination_of_a_blocks_layers():
 
 def test_carry_moves_a_run_folder_through_a_tarball_and_never_overwrites(tmp_path):
     runs, carry = tmp_path / "runs", tmp_path / "carry"
-    run = runs / "r32"
+    run = runs / "all" / "fashion-mnist"  # a NAME may be a path, as multitask.sh's are
     (run / "checkpoints" / "390").mkdir(parents=True)
     (run / "checkpoints" / "390" / "state").write_bytes(b"\x00momentum")
     (run / "checkpoints" / "780.orbax-checkpoint-tmp-17").mkdir()  # a save still being written
@@ -225,19 +225,19 @@ def test_carry_moves_a_run_folder_through_a_tarball_and_never_overwrites(tmp_pat
         return subprocess.run(["bash", os.path.join(REPO, "launch", "carry.sh"), *args],
                               capture_output=True, text=True, cwd=REPO, env=env, timeout=60)
 
-    saved = carry_sh("save", "r32")
+    saved = carry_sh("save", "all/fashion-mnist")
     assert saved.returncode == 0, saved.stderr
     elsewhere = tmp_path / "next_machine"
-    restored = carry_sh("restore", "r32", runs_dir=elsewhere)
+    restored = carry_sh("restore", "all/fashion-mnist", runs_dir=elsewhere)
     assert restored.returncode == 0, restored.stderr
-    moved = elsewhere / "r32"
+    moved = elsewhere / "all" / "fashion-mnist"
     assert (moved / "checkpoints" / "390" / "state").read_bytes() == b"\x00momentum"
     assert (moved / "run.json").read_text() == "{}"
     assert not (moved / ".bnjax.lock").exists()
     assert not (moved / "checkpoints" / "780.orbax-checkpoint-tmp-17").exists()
 
     (moved / "run.json").write_text('{"newer": true}')
-    again = carry_sh("restore", "r32", runs_dir=elsewhere)
+    again = carry_sh("restore", "all/fashion-mnist", runs_dir=elsewhere)
     assert again.returncode == 0 and "left as it is" in again.stdout
     assert (moved / "run.json").read_text() == '{"newer": true}'
 

@@ -56,19 +56,30 @@ def test_a_shipped_export_refuses_a_folder_of_other_classes(tmp_path):
 
 
 
-BUNDLE = os.path.join(REPO, "docs", "multitask", "bn_output.bnjax")
+MULTITASK = os.path.join(REPO, "docs", "multitask")
 TASK_ARCHIVES = {"cifar10": "cifar10-jpeg.tar.gz", "fashion-mnist": "fashion-mnist-png.tar.gz",
                  "mnist-5k": "mnist-5k-png.tar.gz"}
+# docs/MULTITASK.md's files: (file, task): the bundles' tasks, and the trained backbone that
+# on_base.bnjax names as its base (a single-task export of CIFAR-10, every weight)
+SHIPPED_TASKS = [(bundle, task) for bundle in ("bn_output.bnjax", "on_base.bnjax")
+                 if os.path.exists(os.path.join(MULTITASK, bundle)) for task in TASK_ARCHIVES]
+if os.path.exists(os.path.join(MULTITASK, "base_all_cifar10.bnjax")):
+    SHIPPED_TASKS.append(("base_all_cifar10.bnjax", None))
 
 
-@pytest.mark.parametrize("task", sorted(TASK_ARCHIVES))
-def test_each_task_of_the_committed_bundle_evaluates_to_its_recorded_accuracy(task):
-    """docs/multitask/bn_output.bnjax: three tasks on the random backbone of seed 0, each its
-    BatchNorm and output layer (docs/MULTITASK.md)."""
-    archive = os.path.join(REPO, "..", "shared", "data", TASK_ARCHIVES[task])
+def test_the_multitask_study_ships_the_random_seed_bundle():
+    assert ("bn_output.bnjax", "cifar10") in SHIPPED_TASKS
+
+
+@pytest.mark.parametrize("file,task", SHIPPED_TASKS, ids=lambda v: v or "")
+def test_each_task_of_a_committed_bundle_evaluates_to_its_recorded_accuracy(file, task):
+    """docs/multitask/: three tasks on one backbone, each its BatchNorm and output layer, on
+    the random backbone of seed 0 (bn_output.bnjax) or on a CIFAR-10-trained one (on_base.bnjax,
+    whose base base_all_cifar10.bnjax lies beside it); docs/MULTITASK.md."""
+    archive = os.path.join(REPO, "..", "shared", "data", TASK_ARCHIVES[task or "cifar10"])
     if not os.path.exists(archive):
         pytest.skip(f"needs the shared archive {archive}")
-    result = trained.evaluate_export(BUNDLE, archive, task=task)
+    result = trained.evaluate_export(os.path.join(MULTITASK, file), archive, task=task)
     flipped = round(abs(result["test_accuracy"] - result["recorded_test_accuracy"])
                     * result["examples"])
     assert flipped <= TOLERATED_FLIPS, result

@@ -1,28 +1,33 @@
 """The multi-task study of docs/MULTITASK.md: per task and method, test accuracy, trainable
 parameters and the bytes a task adds to the backbone (its trained leaves and BatchNorm
-statistics, float32), as a markdown table and a figure of accuracy against bytes per task.
+statistics, float32), as markdown tables (methods; random distributions) and a figure of
+accuracy against bytes per task.
 
     python launch/studies/multitask_table.py --runs=~/bnjax-runs/multitask \
-      --out=docs/multitask/accuracy_vs_bytes.png
+      --out=docs/multitask/accuracy_vs_bytes.png [--collect]
 
-Runs are read from --runs/<method>/<task> (launch/studies/multitask.sh), on_base's tasks from
---runs/on_base/<task>; methods or tasks not finished yet are left out and named.
+A run is read from --runs/<method>/<task>/metrics.json (launch/studies/multitask.sh), or, where
+that folder is not on this machine, from the committed
+docs/multitask/metrics/<method>__<task>.metrics.json; --collect first copies every finished run's
+metrics.json there. Runs found in neither are left out and named.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import shutil
 
-import figure_script
-import jax
 import matplotlib
-import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from bnjax import tables, trained  # noqa: E402
+from bnjax import summary, tables  # noqa: E402
+from bnjax.config import base_config  # noqa: E402
 
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SHIPPED = os.path.join(REPO, "docs", "multitask", "metrics")
 TASKS = ("cifar10", "fashion-mnist", "mnist-5k")
 # (folder, label), in the order of the bytes they add
 METHODS = (("none", "nothing (statistics adapt, head at random)"),
@@ -30,40 +35,75 @@ METHODS = (("none", "nothing (statistics adapt, head at random)"),
            ("bn_output", "BN + output, random backbone"),
            ("on_base", "BN + output, CIFAR-10-trained backbone"),
            ("all", "every weight"))
+# model.init of bn_output runs: folder bn_output is the default kaiming_normal
+INITS = (("bn_output", "kaiming_normal (the paper's)"), ("init_orthogonal", "orthogonal"),
+         ("init_binary", "binary"), ("init_kaiming_uniform", "kaiming_uniform"))
 
 
-def task_bytes(workdir: str) -> int:
+def statistics_count(model_name: str) -> int:
+    """BatchNorm running means and variances of a model: as many as its gammas and betas."""
+    config = base_config()
+    config.model.name = model_name
+    return summary.counts(config)["bn"]
+
+
+def task_bytes(metrics: dict) -> int:
     """float32 bytes of what a task adds: its trained leaves and its BatchNorm statistics."""
-    state = trained.from_workdir(workdir).state
-    return sum(4 * np.size(leaf) for leaf in jax.tree.leaves((state.trainable,
-                                                              state.batch_stats)))
+    return 4 * (metrics["trainable_params"] + statistics_count(metrics["model"]))
 
 
-def load(runs: str) -> tuple[list[dict], list[str]]:
-    rows, missing = [], []
-    for method, label in METHODS:
+def run_metrics(runs: str, method: str, task: str) -> dict | None:
+    for path in (os.path.join(runs, method, task, "metrics.json"),
+                 os.path.join(SHIPPED, f"{method}__{task}.metrics.json")):
+        if os.path.exists(path):
+            with open(path) as f:
+                return json.load(f)
+    return None
+
+
+def collect(runs: str) -> list[str]:
+    """Copies each finished run's metrics.json to SHIPPED; the runs copied."""
+    copied = []
+    for method in sorted({m for m, _ in METHODS + INITS}):
         for task in TASKS:
-            workdir = os.path.join(runs, method, task)
-            path = os.path.join(workdir, "metrics.json")
-            if not os.path.exists(path):
+            path = os.path.join(runs, method, task, "metrics.json")
+            if os.path.exists(path):
+                shutil.copyfile(path, os.path.join(SHIPPED, f"{method}__{task}.metrics.json"))
+                copied.append(f"{method}/{task}")
+    return copied
+
+
+def load(runs: str, methods=METHODS) -> tuple[list[dict], list[str]]:
+    rows, missing = [], []
+    for method, label in methods:
+        for task in TASKS:
+            metrics = run_metrics(runs, method, task)
+            if metrics is None:
                 missing.append(f"{method}/{task}")
                 continue
-            with open(path) as f:
-                metrics = json.load(f)
             rows.append({"method": method, "label": label, "task": task,
                          "test_accuracy": metrics["test_accuracy"],
                          "trainable_params": metrics["trainable_params"],
-                         "bytes": task_bytes(workdir),
+                         "bytes": task_bytes(metrics),
                          "wall_time_s": metrics["wall_time_s"]})
     return rows, missing
 
 
-def table(rows: list[dict]) -> str:
+def methods_table(rows: list[dict]) -> str:
     body = [[r["task"], r["label"], f"{100 * r['test_accuracy']:.2f}",
              f"{r['trainable_params']:,}", f"{r['bytes']:,}", f"{r['wall_time_s'] / 60:.0f}"]
             for r in sorted(rows, key=lambda r: (TASKS.index(r["task"]), r["bytes"]))]
     return tables.markdown(["task", "method", "test accuracy (%)", "trainable parameters",
                             "bytes per task", "wall time (min)"], body)
+
+
+def inits_table(rows: list[dict]) -> str:
+    """model.init against task, bn_output: test accuracy (%)."""
+    accuracy = {(r["label"], r["task"]): f"{100 * r['test_accuracy']:.2f}" for r in rows}
+    tasks = TASKS[:2]  # the study's distributions run on cifar10 and fashion-mnist
+    return tables.markdown(["model.init", *tasks],
+                           [[label, *(accuracy.get((label, t), "not run") for t in tasks)]
+                            for _, label in INITS])
 
 
 def plot(rows: list[dict], out: str) -> None:
@@ -92,7 +132,31 @@ def plot(rows: list[dict], out: str) -> None:
     plt.close(figure)
 
 
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", default=os.path.expanduser("~/bnjax-runs/multitask"))
+    parser.add_argument("--out", default=os.path.join(REPO, "docs", "multitask",
+                                                      "accuracy_vs_bytes.png"))
+    parser.add_argument("--collect", action="store_true",
+                        help=f"copy finished runs' metrics.json to {SHIPPED} first")
+    args = parser.parse_args()
+    runs = os.path.expanduser(args.runs)
+    if args.collect:
+        print(f"collected: {', '.join(collect(runs)) or 'none'}")
+    rows, missing = load(runs)
+    if not rows:
+        raise SystemExit(f"no finished run under {runs} or in {SHIPPED}: run "
+                         "launch/studies/multitask.sh first")
+    inits, missing_inits = load(runs, INITS)
+    plot(rows, args.out)
+    print(methods_table(rows))
+    print("\nbn_output by model.init\n")
+    print(inits_table(inits))
+    missing += [m for m in missing_inits if not m.endswith("mnist-5k")]
+    if missing:
+        print(f"\nnot finished yet: {', '.join(missing)}")
+    print(f"wrote {args.out}")
+
+
 if __name__ == "__main__":
-    figure_script.main(__doc__, "docs/multitask/accuracy_vs_bytes.png", load, plot, table,
-                       needed="the study", runs=os.path.expanduser("~/bnjax-runs/multitask"),
-                       queue="launch/studies/multitask.sh")
+    main()
