@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
-from bnjax import partition, torch_layout, train, trained, weight_files
+from bnjax import multitask, partition, torch_layout, train, trained, weight_files
 from bnjax.config import base_config, validate
 from bnjax.errors import CheckpointError, ConfigError
 from bnjax.models import build_model
@@ -208,21 +208,24 @@ def test_a_pt_state_dict_reads_as_its_safetensors_twin(tmp_path):
                                                        for k, v in tensors.items()}
 
 
-def test_a_run_on_a_safetensors_base_records_and_checks_it(trained_export, tiny_config,
-                                                           tmp_path):
+def test_tasks_on_a_safetensors_base_record_and_check_it(trained_export, tiny_config, tmp_path):
+    """A PyTorch-layout file as the base of the tasks of one bundle, as a bnjax export is."""
     export_path, _ = trained_export
     path = str(tmp_path / "base.safetensors")
     trained.write_safetensors(trained.from_export(export_path), path, "torch", export_path)
     tiny_config.model.base = path
     tiny_config.train.mode = "bn_output"
-    train.train_and_evaluate(tiny_config, str(tmp_path / "run"))
+    source = tiny_config.data.source
+    tiny_config.data.tasks = f"a={source};b={source}"
+    results = multitask.train_tasks(tiny_config, str(tmp_path / "run"))
     out = str(tmp_path / "run.bnjax")
     trained.export_workdir(str(tmp_path / "run"), out)
-    result = trained.evaluate_export(out)
-    assert result["test_accuracy"] == result["recorded_test_accuracy"]
+    for result in trained.evaluate_tasks(out):
+        assert result["test_accuracy"] == result["recorded_test_accuracy"]
+        assert result["test_accuracy"] == results[result["task"]]["test_accuracy"]
     changed = safetensors.numpy.load_file(path)
     changed["conv.weight"] = changed["conv.weight"] * 2
     shutil.move(path, path + ".orig")
     safetensors.numpy.save_file(changed, path)
     with pytest.raises(CheckpointError, match="sha256"):
-        trained.evaluate_export(out)
+        trained.evaluate_export(out, task="b")
