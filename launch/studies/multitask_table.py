@@ -14,6 +14,7 @@ metrics.json there. Runs found in neither are left out and named.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -40,6 +41,7 @@ INITS = (("bn_output", "kaiming_normal (the paper's)"), ("init_orthogonal", "ort
          ("init_binary", "binary"), ("init_kaiming_uniform", "kaiming_uniform"))
 
 
+@functools.cache  # one model shape per study, asked for by every row
 def statistics_count(model_name: str) -> int:
     """BatchNorm running means and variances of a model: as many as its gammas and betas."""
     config = base_config()
