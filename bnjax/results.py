@@ -59,12 +59,17 @@ def branch_summary(branches: list) -> str:
         f"{c['field']} {c['was']} -> {c['now']}" for c in b["changes"]) for b in branches)
 
 
+def shipped_metrics_path(name: str, shipped: str) -> str:
+    """Where run `name`'s metrics.json is committed: `<name>.metrics.json` in `shipped`, a run
+    named METHOD/TASK as METHOD__TASK.metrics.json (one flat folder)."""
+    return os.path.join(shipped, f"{name.replace('/', '__')}.metrics.json")
+
+
 def run_metrics(name: str, runs: str, shipped: str) -> dict | None:
     """The metrics.json of run `name`: from its folder under `runs`, or, where that folder is not
-    on this machine, the `<name>.metrics.json` shipped in `shipped` (docs/reproduction/); None
-    where neither exists."""
-    for path in (os.path.join(runs, name, "metrics.json"),
-                 os.path.join(shipped, f"{name}.metrics.json")):
+    on this machine, the copy committed in `shipped` (shipped_metrics_path); None where neither
+    exists."""
+    for path in (os.path.join(runs, name, "metrics.json"), shipped_metrics_path(name, shipped)):
         if os.path.exists(path):
             with open(path) as f:
                 return json.load(f)

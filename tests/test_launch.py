@@ -154,6 +154,28 @@ def test_budget_curve_reads_runs_then_shipped_files(tmp_path):
     assert {epochs: m["test_accuracy"] for epochs, m in found.items()} == {5: 0.40, 20: 0.44}
 
 
+def test_multitask_table_reads_method_task_runs_then_committed_copies(tmp_path, monkeypatch):
+    multitask_table = launch_script("multitask_table")
+    runs, shipped = tmp_path / "runs", tmp_path / "shipped"
+    shipped.mkdir()
+    monkeypatch.setattr(multitask_table, "SHIPPED", str(shipped))
+    metrics = {"model": "cifar_resnet_20", "trainable_params": 2218, "wall_time_s": 60.0}
+    (runs / "bn_output" / "cifar10").mkdir(parents=True)
+    (runs / "bn_output" / "cifar10" / "metrics.json").write_text(
+        json.dumps({**metrics, "test_accuracy": 0.49}))
+    (shipped / "bn_output__mnist-5k.metrics.json").write_text(
+        json.dumps({**metrics, "test_accuracy": 0.81}))
+    rows, missing = multitask_table.load(str(runs), (("bn_output", "BN + output"),))
+    assert [(r["task"], r["test_accuracy"]) for r in rows] == [("cifar10", 0.49),
+                                                              ("mnist-5k", 0.81)]
+    assert missing == ["bn_output/fashion-mnist"]
+    # 2,218 trained + 1,568 running statistics of ResNet-20, float32
+    assert rows[0]["bytes"] == 4 * (2218 + 1568)
+    assert multitask_table.collect(str(runs)) == ["bn_output/cifar10"]
+    assert json.loads((shipped / "bn_output__cifar10.metrics.json").read_text())[
+        "test_accuracy"] == 0.49
+
+
 def test_full_budget_tables_and_draws_the_runs_by_depth_beside_the_paper(tmp_path):
     full_budget = launch_script("full_budget")
 
