@@ -3,6 +3,7 @@ checked; and what is done with one: export it, evaluate it, write all its weight
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -59,6 +60,16 @@ def load_base(path: str) -> Base:
         raise CheckpointError(f"the base {path} is none of "
                               f"{', '.join(config_lib.BASE_FILES)}: give a bnjax export, a "
                               "safetensors file or a PyTorch state dict")
+    if not os.path.isfile(path):
+        raise CheckpointError(f"the base {path} is not a file; give the path of an existing "
+                              "weights file")
+    return _read_base(path, file_sha256(path))
+
+
+@functools.lru_cache(maxsize=2)  # the K tasks of a run share one base: read and checked once
+def _read_base(path: str, sha256: str) -> Base:
+    """load_base's reading, cached by the file's path and content (hashing is cheap beside
+    regenerating an export's weights; a file rewritten in place is read again)."""
     if path.endswith(".bnjax"):
         if None not in export.read_tasks(path):
             raise CheckpointError(f"the base {path} is a bundle of tasks; give one run's export")
@@ -67,7 +78,7 @@ def load_base(path: str) -> Base:
                    for name, leaf in partition.flatten(tree).items()}
     else:
         tensors = weight_files.read_state_dict(path)
-    return Base(path, file_sha256(path), tensors)
+    return Base(path, sha256, tensors)
 
 
 def _base_of(description: dict, where: str, base_path: str | None) -> Base | None:

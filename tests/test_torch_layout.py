@@ -185,6 +185,18 @@ def test_base_files_and_fields_are_checked_before_work(tmp_path, image_folder):
         trained.load_base(str(broken))
 
 
+def test_a_base_is_read_once_until_its_file_changes(tmp_path):
+    path = tmp_path / "base.safetensors"
+    safetensors.numpy.save_file({"conv.weight": np.ones((4, 3, 3, 3), np.float32)}, str(path))
+    first = trained.load_base(str(path))
+    assert trained.load_base(str(path)) is first  # the tasks of one run share the read
+    safetensors.numpy.save_file({"conv.weight": np.zeros((4, 3, 3, 3), np.float32)}, str(path))
+    again = trained.load_base(str(path))
+    assert again.sha256 != first.sha256 and not again.tensors["conv.weight"].any()
+    with pytest.raises(CheckpointError, match="missing.safetensors is not a file"):
+        trained.load_base(str(tmp_path / "missing.safetensors"))
+
+
 def test_a_pt_file_without_torch_says_how_to_convert_it(tmp_path, monkeypatch):
     import builtins
 
