@@ -242,20 +242,27 @@ def validate(config) -> None:
     _check_known_fields(config)
     _require(_is_int(config.seed)
              and 0 <= config.seed < 2**31, "seed", config.seed, "an integer in [0, 2**31)")
+    _validate_model(config.model)
+    _validate_train(config.train)
+    _validate_watching(config)
+    _validate_data(config.data)
+
+
+def _validate_model(model) -> None:
     try:
-        registry.parse_name(config.model.name)
+        registry.parse_name(model.name)
     except ValueError as error:
-        raise ConfigError(f"config field 'model.name' = {config.model.name!r} is invalid: "
+        raise ConfigError(f"config field 'model.name' = {model.name!r} is invalid: "
                           f"{error}") from None
-    _require(config.model.bn_init in BN_INITS, "model.bn_init", config.model.bn_init,
+    _require(model.bn_init in BN_INITS, "model.bn_init", model.bn_init,
              f"accepted: {', '.join(BN_INITS)}")
-    _require(config.model.init in KERNEL_INITS, "model.init", config.model.init,
+    _require(model.init in KERNEL_INITS, "model.init", model.init,
              f"accepted: {', '.join(KERNEL_INITS)}")
-    _require(config.model.dtype in DTYPES, "model.dtype", config.model.dtype,
+    _require(model.dtype in DTYPES, "model.dtype", model.dtype,
              f"accepted: {', '.join(DTYPES)}")
-    _require(config.model.norm in NORMS, "model.norm", config.model.norm,
+    _require(model.norm in NORMS, "model.norm", model.norm,
              f"accepted: {', '.join(NORMS)}")
-    base = config.model.base
+    base = model.base
     _require(isinstance(base, str) and (not base or os.path.isfile(base)), "model.base", base,
              "no such file; give the path of a trained run's export (`bnjax export "
              "--workdir=RUN --out=FILE`) or of a safetensors or PyTorch weights file, or '' "
@@ -264,12 +271,14 @@ def validate(config) -> None:
              f"a weights file ends in {', '.join(BASE_FILES)}")
     for field, choices, default in (("base_output", BASE_OUTPUTS, "seed"),
                                     ("base_norm", BASE_NORMS, "base")):
-        value = config.model[field]
+        value = model[field]
         _require(value in choices, f"model.{field}", value, f"accepted: {', '.join(choices)}")
         _require(base or value == default, f"model.{field}", value,
                  f"it says what to take from model.base, which is empty; leave it at "
                  f"{default!r} or give model.base")
-    train = config.train
+
+
+def _validate_train(train) -> None:
     _require(train.mode in MODES, "train.mode", train.mode, f"accepted: {', '.join(MODES)}")
     _require(_is_int(train.random_k) and train.random_k >= 1, "train.random_k",
              train.random_k, "a positive integer")
@@ -311,6 +320,10 @@ def validate(config) -> None:
     _require(_is_int(train.steps_per_call)
              and 1 <= train.steps_per_call <= 1000, "train.steps_per_call",
              train.steps_per_call, "an integer from 1 to 1000 (1: one step per call)")
+
+
+def _validate_watching(config) -> None:
+    """eval., log. and checkpoint.: how a run is evaluated, watched and saved."""
     _require(_is_int(config.eval.batch_size) and config.eval.batch_size >= 1,
              "eval.batch_size", config.eval.batch_size, "a positive integer")
     _require(_is_int(config.eval.every_epochs) and config.eval.every_epochs >= 1,
@@ -329,19 +342,21 @@ def validate(config) -> None:
         _require(_is_int(value) and value >= lowest,
                  f"checkpoint.{field}", value, f"an integer >= {lowest}")
 
-    threads = config.data.decode_threads
+
+def _validate_data(data) -> None:
+    threads = data.decode_threads
     _require(_is_int(threads) and 1 <= threads <= 256,
              "data.decode_threads", threads, "an integer from 1 to 256")
-    source = config.data.source
+    source = data.source
     _require(isinstance(source, str) and source != "", "data.source", source,
              "a tensorflow-datasets name such as 'cifar10' or a path to an image folder or "
              ".tar/.tar.gz archive")
-    if config.data.tasks:
+    if data.tasks:
         from bnjax import tasks
 
-        for name, task_source in tasks.parse(config.data.tasks):
+        for name, task_source in tasks.parse(data.tasks):
             _require(not looks_like_path(task_source) or os.path.exists(task_source),
-                     "data.tasks", config.data.tasks, f"task {name!r}: {task_source} does not "
+                     "data.tasks", data.tasks, f"task {name!r}: {task_source} does not "
                      "exist; point it at an image folder or archive")
     elif looks_like_path(source):
         _require(os.path.exists(source), "data.source", source,
