@@ -22,6 +22,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 
 from bnjax import results, summary, tables  # noqa: E402
 from bnjax.config import base_config  # noqa: E402
@@ -104,27 +105,31 @@ def inits_table(rows: list[dict]) -> str:
 
 
 def plot(rows: list[dict], out: str) -> None:
-    """A line per task through its methods, a marker per method: accuracy against bytes."""
-    figure, axis = plt.subplots(figsize=(7, 4.5))
-    markers = dict(zip((m for m, _ in METHODS), "xosD^"))
-    for task in TASKS:
-        points = sorted((r["bytes"], 100 * r["test_accuracy"]) for r in rows
-                        if r["task"] == task)
-        if points:
-            axis.plot(*zip(*points), color="0.75", zorder=1)
-            axis.annotate(task, points[-1], textcoords="offset points", xytext=(6, -3),
-                          fontsize=8)
-    for method, label in METHODS:
-        points = [(r["bytes"], 100 * r["test_accuracy"]) for r in rows if r["method"] == method]
-        if points:
-            axis.scatter(*zip(*points), marker=markers[method], label=label, zorder=2)
-    axis.set_xscale("log")
-    axis.set(xlabel="bytes a task adds to the backbone (float32 leaves and statistics)",
-             ylabel="test accuracy (%)",
-             title="ResNet-20, seed 0, 15 epochs (lr /10 at 50% and 75%)")
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=8, loc="lower right")
-    figure.tight_layout()
+    """A panel per task: accuracy against bytes per task (log x), a marker per method, a line
+    through the methods that train more and more of a model from the seed (the trained
+    backbone, at the bytes of its random twin, stands apart)."""
+    figure, axes = plt.subplots(1, len(TASKS), figsize=(11, 3.8), sharex=True, sharey=True)
+    style = {method: {"marker": marker, "color": f"C{i}", "label": label}
+             for i, ((method, label), marker) in enumerate(zip(METHODS, "xosD^"))}
+    for axis, task in zip(axes, TASKS):
+        of_task = {r["method"]: (r["bytes"], 100 * r["test_accuracy"]) for r in rows
+                   if r["task"] == task}
+        chain = [of_task[m] for m, _ in METHODS if m in of_task and m != "on_base"]
+        if chain:
+            axis.plot(*zip(*chain), color="0.75", zorder=1)
+        for method in style:
+            if method in of_task:
+                axis.scatter(*of_task[method], zorder=2, **style[method])
+        axis.set_xscale("log")
+        axis.set(title=task, xlabel="bytes per task")
+        axis.grid(alpha=0.3)
+    axes[0].set_ylabel("test accuracy (%)")
+    figure.legend(handles=[Line2D([], [], linestyle="", **marks) for marks in style.values()],
+                  loc="lower center", ncol=3, fontsize=8)
+    figure.suptitle("ResNet-20, seed 0, 15 epochs (lr /10 at 50% and 75%): accuracy against "
+                    "the bytes a task adds to the backbone (float32 leaves and statistics)",
+                    fontsize=9)
+    figure.tight_layout(rect=(0, 0.12, 1, 1))
     figure.savefig(out, dpi=120)
     plt.close(figure)
 
