@@ -174,6 +174,9 @@ def test_multitask_table_reads_method_task_runs_then_committed_copies(tmp_path, 
     assert multitask_table.collect(str(runs)) == ["bn_output/cifar10"]
     assert json.loads((shipped / "bn_output__cifar10.metrics.json").read_text())[
         "test_accuracy"] == 0.49
+    out = tmp_path / "accuracy_vs_bytes.png"
+    multitask_table.plot(rows, str(out))
+    assert out.stat().st_size > 10_000
 
 
 def test_full_budget_tables_and_draws_the_runs_by_depth_beside_the_paper(tmp_path):
