@@ -5,4 +5,4 @@ make its steps faster (bnjax.xla_flags); a library user who wants the same calls
 `bnjax.xla_flags.apply_defaults()` before JAX starts a backend.
 """
 
-__version__ = "0.7.0"  # the one place it is written: pyproject.toml reads it from here
+__version__ = "0.7.1"  # the one place it is written: pyproject.toml reads it from here
