@@ -75,9 +75,10 @@ def load(runs: str, methods=METHODS) -> tuple[list[dict], list[str]]:
     rows, missing = [], []
     for method, label in methods:
         for task in TASKS:
-            metrics = results.run_metrics(f"{method}/{task}", runs, SHIPPED)
+            name = f"{method}/{task}"
+            metrics = results.run_metrics(name, runs, SHIPPED)
             if metrics is None:
-                missing.append(f"{method}/{task}")
+                missing.append(name)
                 continue
             rows.append({"method": method, "label": label, "task": task,
                          "test_accuracy": metrics["test_accuracy"],
